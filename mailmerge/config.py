@@ -1,0 +1,180 @@
+"""Read ``mailmerge.toml``: the SMTP server and the message defaults.
+
+::
+
+    [smtp]
+    host = "smtp.gmail.com"
+    port = 587
+    security = "starttls"      # "ssl" | "starttls" | "none"
+    username = "me@gmail.com"  # omit for a server without AUTH
+    ca_file = "ca.pem"         # optional, for a server with a private CA
+    timeout = 30
+    [message]
+    from = "Me <me@gmail.com>"
+
+The file is looked for beside the list, then in the current folder, unless
+given with ``--config``. Every ``[smtp]`` key can be overridden by an
+environment variable ``MAILMERGE_SMTP_<KEY>``. The password is never in the
+file: it comes from ``MAILMERGE_PASSWORD`` or a prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+
+CONFIG_NAME = "mailmerge.toml"
+PASSWORD_VARIABLE = "MAILMERGE_PASSWORD"
+SECURITY_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
+
+
+@dataclass
+class SmtpConfig:
+    """How to reach and log in to the SMTP server."""
+
+    host: str = "localhost"
+    port: int = 587
+    security: str = "starttls"
+    username: str | None = None
+    ca_file: Path | None = None
+    timeout: float = 30.0
+
+
+@dataclass
+class MessageConfig:
+    """Defaults for every message."""
+
+    sender: str | None = None  # the `from` key
+    template: Path | None = None
+
+
+@dataclass
+class Config:
+    """The whole configuration, and the file it came from (None: defaults)."""
+
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    message: MessageConfig = field(default_factory=MessageConfig)
+    path: Path | None = None
+
+
+_SMTP_KEYS = ("host", "port", "security", "username", "ca_file", "timeout")
+_MESSAGE_KEYS = ("from", "template")
+
+
+def find_config(list_path: Path, explicit: Path | None = None) -> Path | None:
+    """The config file to use: ``explicit``, else beside the list, else here."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"{explicit}: no such config file")
+        return explicit
+    for candidate in (list_path.parent / CONFIG_NAME, Path.cwd() / CONFIG_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read the config file (or start from defaults when None) and apply
+    ``MAILMERGE_SMTP_*`` overrides from ``environ``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from error
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read the config ({error})") from error
+    where = str(path) if path else "the environment"
+    _check_keys(data, {"smtp": _SMTP_KEYS, "message": _MESSAGE_KEYS}, where)
+    smtp_data = dict(data.get("smtp", {}))
+    for key in _SMTP_KEYS:
+        value = environ.get(f"MAILMERGE_SMTP_{key.upper()}")
+        if value is not None:
+            smtp_data[key] = value
+    base = path.parent if path else Path.cwd()
+    config = Config(smtp=_smtp_config(smtp_data, base, where), path=path)
+    message = data.get("message", {})
+    config.message.sender = _text(message, "from", where)
+    template = _text(message, "template", where)
+    config.message.template = base / template if template else None
+    return config
+
+
+def _check_keys(data: dict[str, Any], allowed: dict[str, tuple[str, ...]], where: str) -> None:
+    for section, value in data.items():
+        if section not in allowed:
+            raise ConfigError(f"{where}: unknown section [{section}]{did_you_mean(section, allowed)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{section}' must be a section: [{section}]")
+        for key in value:
+            if key == "password":
+                raise ConfigError(
+                    f"{where}: remove the password from the file; mailmerge reads it from "
+                    f"{PASSWORD_VARIABLE} or asks for it"
+                )
+            if key not in allowed[section]:
+                raise ConfigError(
+                    f"{where}: unknown key '{key}' in [{section}]"
+                    f"{did_you_mean(key, allowed[section])}"
+                )
+
+
+def _text(section: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = section.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: '{key}' must be text in quotes")
+    return value
+
+
+def _smtp_config(data: dict[str, Any], base: Path, where: str) -> SmtpConfig:
+    security = str(data.get("security", "starttls")).lower()
+    if security not in SECURITY_PORTS:
+        raise ConfigError(
+            f"{where}: security = '{security}' is not one of ssl, starttls, none"
+            f"{did_you_mean(security, SECURITY_PORTS)}"
+        )
+    config = SmtpConfig(security=security, port=SECURITY_PORTS[security])
+    config.host = str(data.get("host", config.host))
+    config.username = _text(data, "username", where)
+    ca_file = _text(data, "ca_file", where)
+    if ca_file:
+        config.ca_file = base / Path(ca_file).expanduser()
+        if not config.ca_file.is_file():
+            raise ConfigError(f"{where}: ca_file {config.ca_file} does not exist")
+    for key, kind in (("port", int), ("timeout", float)):
+        if key in data:
+            try:
+                setattr(config, key, kind(data[key]))
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"{where}: {key} must be a number, not '{data[key]}'") from error
+    return config
+
+
+def get_password(
+    smtp: SmtpConfig,
+    environ: Mapping[str, str] = os.environ,
+    prompt: Callable[[str], str] | None = None,
+) -> str | None:
+    """The password for ``smtp.username``: ``MAILMERGE_PASSWORD``, else ``prompt``.
+
+    Returns None when the server needs no login. Never stores it anywhere.
+    """
+    if not smtp.username:
+        return None
+    password = environ.get(PASSWORD_VARIABLE)
+    if password:
+        return password
+    if prompt is None:
+        raise ConfigError(
+            f"no password for {smtp.username}: set {PASSWORD_VARIABLE}, "
+            "or run in a terminal to be asked for it"
+        )
+    return prompt(f"Password for {smtp.username} at {smtp.host}")

@@ -1,0 +1,154 @@
+"""Turn a :class:`~mailmerge.template.Draft` into an :class:`email.message.EmailMessage`
+and its envelope (who it is from and to whom it goes, Bcc included).
+
+Non-ASCII subjects and display names are encoded per RFC 2047 (``policy.SMTP``);
+an address whose local part is not ASCII (``josé@example.com``) needs SMTPUTF8,
+and then the whole message is written in UTF-8 (``policy.SMTPUTF8``). The Bcc
+addresses are in the envelope, never in a header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, quote
+
+from email_validator import EmailNotValidError, validate_email
+
+from .errors import InvalidRow
+from .template import Draft, Mailbox
+
+_SEVEN_BIT = policy.SMTP.clone(cte_type="7bit")
+
+
+@dataclass(frozen=True)
+class EnvelopeRecipient:
+    """One address the message is delivered to, and the header that named it."""
+
+    field: str  # "To", "Cc" or "Bcc"
+    address: str  # as it goes into RCPT TO (IDNA domain when the local part is ASCII)
+
+
+@dataclass
+class OutgoingMessage:
+    """A message ready for the wire, with its envelope."""
+
+    row: int
+    message: EmailMessage
+    sender: str
+    recipients: list[EnvelopeRecipient]
+    smtputf8: bool  # the envelope or headers hold a non-ASCII local part
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message["Message-ID"])
+
+    def as_bytes(self, *, eightbit: bool = True) -> bytes:
+        """The message as sent: 8-bit body when the server takes it, else base64."""
+        if self.smtputf8:
+            return self.message.as_bytes(policy=policy.SMTPUTF8)
+        return self.message.as_bytes(policy=policy.SMTP if eightbit else _SEVEN_BIT)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    name: str
+    unicode: str  # the address as the person wrote it, normalised
+    ascii: str | None  # None when the local part is not ASCII
+
+
+def check_address(address: str) -> tuple[str, str | None]:
+    """Validate an address's syntax (no DNS); return ``(normalised, ascii or None)``.
+
+    Raises :class:`InvalidRow` naming the address and what is wrong with it.
+    """
+    if not address:
+        raise InvalidRow("an address is empty", address)
+    try:
+        result = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as error:
+        raise InvalidRow(f"'{address}' is not a valid address: {error}", address) from error
+    return result.normalized, result.ascii_email
+
+
+def _checked(boxes: list[Mailbox]) -> list[_Checked]:
+    return [_Checked(box.name, *check_address(box.address)) for box in boxes]
+
+
+def _header_value(boxes: list[_Checked], utf8: bool) -> str | list[Address]:
+    if utf8:  # Address() refuses non-ASCII local parts; write the header by hand
+        return ", ".join(
+            f'"{quote(box.name)}" <{box.unicode}>' if box.name else box.unicode for box in boxes
+        )
+    addresses = []
+    for box in boxes:
+        assert box.ascii is not None
+        username, domain = box.ascii.rsplit("@", 1)
+        addresses.append(Address(display_name=box.name, username=username, domain=domain))
+    return addresses
+
+
+def build_message(draft: Draft) -> OutgoingMessage:
+    """Build the message and envelope for a draft.
+
+    Raises :class:`InvalidRow` for an address that is not valid, or a header
+    value the email package refuses.
+    """
+    if len(draft.sender) != 1:
+        raise InvalidRow(f"the From header must hold exactly one address, not {len(draft.sender)}")
+    sender = _checked(draft.sender)[0]
+    headers = {
+        "To": _checked(draft.to),
+        "Cc": _checked(draft.cc),
+        "Reply-To": _checked(draft.reply_to),
+    }
+    envelope = [
+        *(("To", box) for box in headers["To"]),
+        *(("Cc", box) for box in headers["Cc"]),
+        *(("Bcc", box) for box in _checked(draft.bcc)),
+    ]
+    everyone = [sender, *(box for _, box in envelope), *headers["Reply-To"]]
+    utf8 = any(box.ascii is None for box in everyone)
+
+    message = EmailMessage(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
+    try:
+        message["From"] = _header_value([sender], utf8)
+        for name, boxes in headers.items():
+            if boxes:
+                message[name] = _header_value(boxes, utf8)
+        message["Subject"] = draft.subject
+        message["Date"] = formatdate(localtime=True)
+        # make_msgid() without a domain asks DNS for this machine's name, every call.
+        domain = (sender.ascii or sender.unicode).rsplit("@", 1)[1]
+        message["Message-ID"] = make_msgid(domain=domain)
+        for name, value in draft.other_headers:
+            message[name] = value
+        message.set_content(draft.body, subtype="plain", charset="utf-8")
+    except (ValueError, TypeError) as error:
+        raise InvalidRow(f"cannot build the message: {error}") from error
+
+    def envelope_address(box: _Checked) -> str:
+        return box.unicode if box.ascii is None else box.ascii
+
+    return OutgoingMessage(
+        row=draft.row,
+        message=message,
+        sender=envelope_address(sender),
+        recipients=[EnvelopeRecipient(field, envelope_address(box)) for field, box in envelope],
+        smtputf8=utf8,
+    )
+
+
+def preview_text(outgoing: OutgoingMessage) -> str:
+    """The message as a person reads it: decoded headers (Bcc included), then the body."""
+    message = outgoing.message
+    lines = [f"{name}: {message[name]}" for name in ("From", "To", "Cc", "Reply-To", "Subject") if message[name]]
+    bcc = [r.address for r in outgoing.recipients if r.field == "Bcc"]
+    if bcc:
+        lines.append(f"Bcc: {', '.join(bcc)}  (envelope only, not in the headers)")
+    skip = {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "mime-version",
+            "content-type", "content-transfer-encoding"}
+    lines += [f"{name}: {value}" for name, value in message.items() if name.lower() not in skip]
+    return "\n".join(lines) + "\n\n" + str(message.get_content())

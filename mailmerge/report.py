@@ -1,0 +1,59 @@
+"""The report: one CSV line per recipient address of every row, and the counts.
+
+The CSV is UTF-8 with a BOM so that Excel opens Korean and accented names
+correctly; a person can sort and filter it by status.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .outcome import Outcome, Status, row_status
+
+COLUMNS = ("row", "address", "field", "status", "code", "reason", "message_id")
+
+
+def default_report_path(list_path: Path) -> Path:
+    """``<list name>.report.csv`` beside the list."""
+    return list_path.with_name(f"{list_path.stem}.report.csv")
+
+
+def write_report(path: Path, outcomes: Iterable[Outcome]) -> None:
+    """Write every outcome, in row order, to ``path`` (replacing it)."""
+    ordered = sorted(outcomes, key=lambda outcome: outcome.row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for o in ordered:
+            code = "" if o.code is None else o.code
+            writer.writerow([o.row, o.address, o.field, o.status.value, code, o.reason, o.message_id])
+
+
+@dataclass(frozen=True)
+class Summary:
+    """How many rows (messages) ended in each state."""
+
+    counts: Counter[Status]
+
+    @classmethod
+    def of(cls, outcomes: Iterable[Outcome]) -> Summary:
+        by_row: dict[int, list[Outcome]] = {}
+        for outcome in outcomes:
+            by_row.setdefault(outcome.row, []).append(outcome)
+        return cls(Counter(row_status(row) for row in by_row.values()))
+
+    @property
+    def all_sent(self) -> bool:
+        return sum(self.counts.values()) == self.counts[Status.SENT]
+
+    def line(self) -> str:
+        """``sent N, refused M, invalid K`` (and ``failed F`` when there are any)."""
+        parts = [f"{status.value} {self.counts[status]}" for status in (Status.SENT, Status.REFUSED, Status.INVALID)]
+        if self.counts[Status.FAILED]:
+            parts.append(f"failed {self.counts[Status.FAILED]}")
+        return ", ".join(parts)

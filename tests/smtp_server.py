@@ -1,0 +1,211 @@
+"""A real SMTP server (aiosmtpd) on 127.0.0.1 for tests and benchmarks.
+
+Usage::
+
+    with SmtpTestServer(tls=True, auth={"user": "pw"}, refuse=["bad@x.org"]) as srv:
+        ...  # point the code under test at srv.host / srv.port, trust srv.ca_file
+    assert srv.recipients() == ["good@x.org"]
+    print(srv.messages[0].message["Subject"])
+
+Modes: plain SMTP (default), STARTTLS (``tls=True``, required before MAIL) or
+SMTPS (``implicit_tls=True``, TLS from the first byte, like port 465).  Certificates
+come from a throw-away ``trustme`` CA whose PEM is written to ``ca_file``.
+No pytest import here: ``bench/`` scripts import this module too.
+"""
+from __future__ import annotations
+
+import email.policy
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterable, cast
+
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class ReceivedMessage:
+    """One message accepted by the server (envelope + raw bytes)."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    mail_options: list[str]  # e.g. ["SMTPUTF8", "BODY=8BITMIME"]
+    data: bytes = field(repr=False)  # raw message bytes as received (CRLF line ends)
+
+    @property
+    def message(self) -> EmailMessage:
+        """The message parsed with ``email.policy.default``."""
+        parser = BytesParser(policy=email.policy.default)
+        return cast(EmailMessage, parser.parsebytes(self.data))
+
+
+def free_port() -> int:
+    """Return a currently free TCP port on 127.0.0.1 (bind to port 0, then close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class _Handler:
+    """aiosmtpd handler: refuses some recipients, stores messages, counts STARTTLS."""
+
+    def __init__(self, owner: SmtpTestServer) -> None:
+        self.owner = owner
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if address.lower() in self.owner.refused:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.owner.messages.append(ReceivedMessage(  # decode_data is off: bytes
+            mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
+            mail_options=list(envelope.mail_options),
+            data=bytes(envelope.original_content or b"")))
+        return "250 OK"
+
+    def handle_STARTTLS(self, server: SMTP, session: Session, envelope: Envelope) -> bool:
+        # Called (synchronously) once the STARTTLS handshake has succeeded.
+        self.owner.starttls_count += 1
+        return True
+
+
+class _CountingSMTP(SMTP):
+    """aiosmtpd ``SMTP`` protocol that counts accepted TCP connections."""
+
+    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
+        self._owner = handler.owner
+        with warnings.catch_warnings():  # "AUTH without TLS" warning: intended here
+            warnings.simplefilter("ignore")
+            super().__init__(handler, **kwargs)
+
+    def connection_made(self, transport: Any) -> None:
+        if self._original_transport is None:  # not the re-entry after STARTTLS
+            self._owner.connections += 1
+        super().connection_made(transport)
+
+
+class _Controller(Controller):
+    """Controller whose factory builds a :class:`_CountingSMTP` (aiosmtpd 1.4.6 API)."""
+
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class SmtpTestServer:
+    """A real SMTP server in a background thread; see the module docstring.
+
+    Counters (``connections``, ``auth_attempts``, ``auth_successes``,
+    ``starttls_count``) and ``messages`` are reset by :meth:`start`.
+    ``port`` and ``ca_file`` are set by :meth:`start`.
+    """
+
+    host: str = HOST
+
+    def __init__(self, *, tls: bool = False, auth: dict[str, str] | None = None,
+                 refuse: Iterable[str] = (), smtputf8: bool = True,
+                 cert_dir: Path | None = None, implicit_tls: bool = False) -> None:
+        if tls and implicit_tls:
+            raise ValueError("choose STARTTLS (tls) or SMTPS (implicit_tls), not both")
+        self.tls, self.implicit_tls, self.smtputf8 = tls, implicit_tls, smtputf8
+        self.auth = dict(auth) if auth is not None else None
+        self.refused = {addr.lower() for addr in refuse}
+        self.cert_dir = cert_dir
+        self.port = 0
+        self.ca_file: Path | None = None
+        self._tmp_dir: Path | None = None
+        self._controller: _Controller | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.messages: list[ReceivedMessage] = []
+        self.connections = self.auth_attempts = self.auth_successes = 0
+        self.starttls_count = 0
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
+                      mechanism: str, auth_data: Any) -> AuthResult:
+        """Check PLAIN/LOGIN credentials against ``self.auth``."""
+        self.auth_attempts += 1
+        if isinstance(auth_data, LoginPassword) and self.auth is not None:
+            user = auth_data.login.decode("utf-8", "replace")
+            if self.auth.get(user) == auth_data.password.decode("utf-8", "replace"):
+                self.auth_successes += 1
+                return AuthResult(success=True, auth_data=auth_data)
+        return AuthResult(success=False, handled=False)  # handled=True would hang
+
+    def _server_ssl_context(self) -> ssl.SSLContext:
+        """Make a trustme CA + cert for 127.0.0.1/localhost; write ca.pem, server.pem."""
+        if self.cert_dir is None:
+            self._tmp_dir = Path(tempfile.mkdtemp(prefix="smtp-test-certs-"))
+        cert_dir = self.cert_dir or self._tmp_dir
+        assert cert_dir is not None
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA()
+        self.ca_file = cert_dir / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        server_pem = cert_dir / "server.pem"
+        ca.issue_cert(HOST, "localhost").private_key_and_cert_chain_pem.write_to_path(
+            str(server_pem))
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(server_pem))
+        return ctx
+
+    def start(self) -> SmtpTestServer:
+        """Start listening; returns ``self``."""
+        if self._controller is not None:
+            raise RuntimeError("server already started")
+        ctx = self._server_ssl_context() if (self.tls or self.implicit_tls) else None
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": self.smtputf8}
+        if self.tls:
+            kwargs.update(tls_context=ctx, require_starttls=True)
+        if self.auth is not None:  # AUTH on plain/SMTPS needs auth_require_tls off:
+            # aiosmtpd only counts STARTTLS as "TLS".
+            kwargs.update(authenticator=self._authenticate, auth_required=True,
+                          auth_require_tls=self.tls)
+        else:  # advertise no mechanism at all
+            kwargs.update(auth_exclude_mechanism=["PLAIN", "LOGIN"])
+        self.port = free_port()
+        self._controller = _Controller(
+            _Handler(self), hostname=HOST, port=self.port, server_hostname="localhost",
+            ssl_context=ctx if self.implicit_tls else None, **kwargs)
+        self._controller.start()  # opens one probe connection itself...
+        self._reset()  # ...which must not show up in the counters
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (at most ~10 s, never hangs) and delete temp certs."""
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            stopper = threading.Thread(target=controller.stop, daemon=True)
+            stopper.start()
+            stopper.join(timeout=10)
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            self._tmp_dir = None
+
+    def __enter__(self) -> SmtpTestServer:
+        """Start the server (see :meth:`start`)."""
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def recipients(self) -> list[str]:
+        """Every accepted recipient of every message, in arrival order."""
+        return [rcpt for msg in self.messages for rcpt in msg.rcpt_tos]
