@@ -171,7 +171,7 @@ def send(
             out.print(f"Sending {plan.to_send} messages to the outbox {outbox}/ (nothing leaves this machine)", markup=False)
             result = _run(lambda: _send_with_progress(plan, smtp, None), debug)
     else:
-        smtp = settings.smtp
+        smtp = _run(settings.require_server, debug)
         who = f" as {smtp.username}" if smtp.username else ""
         if not yes:
             if not sys.stdin.isatty():

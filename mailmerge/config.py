@@ -38,7 +38,7 @@ SECURITY_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 class SmtpConfig:
     """How to reach and log in to the SMTP server."""
 
-    host: str = "localhost"
+    host: str = ""  # empty: no server configured
     port: int = 587
     security: str = "starttls"
     username: str | None = None
@@ -61,6 +61,16 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     message: MessageConfig = field(default_factory=MessageConfig)
     path: Path | None = None
+
+    def require_server(self) -> SmtpConfig:
+        """The SMTP settings, or a ConfigError saying how to give them."""
+        if not self.smtp.host:
+            where = f"in {self.path}" if self.path else f"(no {CONFIG_NAME} beside the list or here)"
+            raise ConfigError(
+                f"no SMTP server configured {where}: set host in [smtp] (see the README), "
+                "or try the whole path locally with --outbox DIR"
+            )
+        return self.smtp
 
 
 _SMTP_KEYS = ("host", "port", "security", "username", "ca_file", "timeout")

@@ -91,7 +91,8 @@ def _read_excel_table(path: Path, sheet: str | None) -> list[list[Any]]:
                     f"{path}: no sheet named '{sheet}'{did_you_mean(sheet, names)} "
                     f"(sheets: {', '.join(names)})"
                 )
-            frame = book.parse(
+            frame = pd.read_excel(
+                book,
                 sheet_name=sheet if sheet is not None else 0,
                 header=None,
                 dtype=object,
@@ -198,23 +199,24 @@ def _non_ascii(text: str) -> list[str]:
 
 
 def _looks_korean(text: str) -> bool:
-    """True when most non-ASCII characters are common Hangul syllables.
+    """True when the text decoded as cp949 reads as Korean.
 
-    cp949 decodes some Western text without error (``é`` and the next letter
-    make a rare syllable or a hanja), so a successful decode proves nothing.
-    Real Korean text is mostly the 2,350 syllables of KS X 1001, whose two
-    bytes both lie in 0xA1..0xFE; accented Latin letters misread as cp949
-    almost never land there.
+    cp949 decodes some Western text without error (``À`` or a curly quote and
+    the next letter make a rare syllable), so a successful decode proves
+    nothing. Korean text is mostly Hangul syllables, and a good share of them
+    are among the 2,350 common ones of KS X 1001 (both bytes in 0xA1..0xFE);
+    misread Western bytes land almost only among the rare ones.
     """
     chars = _non_ascii(text)
-    if not chars:
+    syllables = [ch for ch in chars if "\uac00" <= ch <= "\ud7a3"]
+    if not chars or len(syllables) < 0.6 * len(chars):
         return False
     common = 0
-    for ch in chars:
+    for ch in syllables:
         encoded = ch.encode("cp949")
-        if len(encoded) == 2 and 0xB0 <= encoded[0] <= 0xC8 and encoded[1] >= 0xA1:
+        if 0xB0 <= encoded[0] <= 0xC8 and encoded[1] >= 0xA1:
             common += 1
-    return common >= 0.6 * len(chars)
+    return common >= 0.25 * len(syllables)
 
 
 def _looks_western(text: str) -> bool:
@@ -247,7 +249,7 @@ def sniff_delimiter(text: str) -> str:
 
 def cell_text(value: Any) -> str:
     """The text a spreadsheet shows for a cell value read by pandas."""
-    if value is None:
+    if value is None or value is pd.NaT:
         return ""
     if isinstance(value, str):
         return value
@@ -269,8 +271,6 @@ def cell_text(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, dt.time):
         return value.strftime("%H:%M" if value.second == 0 else "%H:%M:%S")
-    if value is pd.NaT:
-        return ""
     return str(value)
 
 

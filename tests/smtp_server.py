@@ -14,6 +14,7 @@ No pytest import here: ``bench/`` scripts import this module too.
 """
 from __future__ import annotations
 
+import email
 import email.policy
 import shutil
 import socket
@@ -46,9 +47,15 @@ class ReceivedMessage:
 
     @property
     def message(self) -> EmailMessage:
-        """The message parsed with ``email.policy.default``."""
+        """The message parsed with ``email.policy.default``, line ends made
+        local (LF) as a mail program stores it after delivery."""
+        data = self.data.replace(b"\r\n", b"\n")
+        if "SMTPUTF8" in self.mail_options:
+            # UTF-8 headers: the bytes parser would leave surrogates in addresses.
+            return cast(EmailMessage, email.message_from_string(
+                data.decode("utf-8"), policy=email.policy.default))
         parser = BytesParser(policy=email.policy.default)
-        return cast(EmailMessage, parser.parsebytes(self.data))
+        return cast(EmailMessage, parser.parsebytes(data))
 
 
 def free_port() -> int:
@@ -72,7 +79,21 @@ class _Handler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        limit = self.owner.reply_421_after
+        if limit is not None and len(self.owner.messages) >= limit:
+            return "421 4.7.0 Too many messages, try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        limit = self.owner.drop_after
+        if limit is not None and len(self.owner.messages) >= limit:
+            assert server.transport is not None
+            server.transport.close()  # drop the TCP connection before any reply
+            return "451 never seen by the client"
         self.owner.messages.append(ReceivedMessage(  # decode_data is off: bytes
             mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
             mail_options=list(envelope.mail_options),
@@ -119,12 +140,16 @@ class SmtpTestServer:
 
     def __init__(self, *, tls: bool = False, auth: dict[str, str] | None = None,
                  refuse: Iterable[str] = (), smtputf8: bool = True,
-                 cert_dir: Path | None = None, implicit_tls: bool = False) -> None:
+                 cert_dir: Path | None = None, implicit_tls: bool = False,
+                 drop_after: int | None = None, reply_421_after: int | None = None) -> None:
         if tls and implicit_tls:
             raise ValueError("choose STARTTLS (tls) or SMTPS (implicit_tls), not both")
         self.tls, self.implicit_tls, self.smtputf8 = tls, implicit_tls, smtputf8
         self.auth = dict(auth) if auth is not None else None
         self.refused = {addr.lower() for addr in refuse}
+        # Faults: drop the connection at the DATA of message N+1 (nothing
+        # replied), or answer 421 to MAIL once N messages were received.
+        self.drop_after, self.reply_421_after = drop_after, reply_421_after
         self.cert_dir = cert_dir
         self.port = 0
         self.ca_file: Path | None = None

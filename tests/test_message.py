@@ -1,0 +1,203 @@
+"""Tests for mailmerge/message.py: a Draft becomes the bytes on the wire and an envelope."""
+
+from __future__ import annotations
+
+import email.policy
+from email.message import EmailMessage
+from email.parser import BytesParser, Parser
+
+import pytest
+
+from mailmerge.errors import InvalidRow
+from mailmerge.message import EnvelopeRecipient, OutgoingMessage, build_message, preview_text
+from mailmerge.template import Draft, Mailbox
+
+SUBJECT = "3월 독서 모임 안내 📚"
+BODY = "안녕하세요 민준님,\n이번 달 책은 📚 '채식주의자'입니다.\n"
+
+
+def draft(
+    *,
+    to: list[Mailbox] | None = None,
+    sender: list[Mailbox] | None = None,
+    **fields: object,
+) -> Draft:
+    """A ready-to-build draft; keyword arguments override its fields."""
+    values: dict[str, object] = {"subject": SUBJECT, "body": BODY, **fields}
+    return Draft(
+        row=2,
+        sender=sender if sender is not None else [Mailbox("Book Club", "club@example.com")],
+        to=to if to is not None else [Mailbox("김민준", "minjun@example.org")],
+        **values,  # type: ignore[arg-type]
+    )
+
+
+def wire(outgoing: OutgoingMessage, *, eightbit: bool = True) -> tuple[bytes, EmailMessage]:
+    """The bytes sent, and the message a mail client parses from them."""
+    raw = outgoing.as_bytes(eightbit=eightbit)
+    parsed = BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert isinstance(parsed, EmailMessage)
+    return raw, parsed
+
+
+def header_block(raw: bytes) -> bytes:
+    return raw.split(b"\r\n\r\n", 1)[0]
+
+
+def addresses(message: EmailMessage, name: str) -> list[tuple[str, str]]:
+    return [(a.display_name, a.addr_spec) for a in message[name].addresses]
+
+
+# --- headers on the wire ------------------------------------------------------
+
+
+def test_korean_and_emoji_subject_is_encoded_and_decodes_back() -> None:
+    raw, parsed = wire(build_message(draft()))
+    assert b"=?utf-8?" in header_block(raw)
+    assert header_block(raw).isascii()
+    assert parsed["Subject"] == SUBJECT
+
+
+def test_korean_display_name_is_encoded_and_decodes_back() -> None:
+    raw, parsed = wire(build_message(draft()))
+    assert "김민준".encode() not in raw
+    assert addresses(parsed, "To") == [("김민준", "minjun@example.org")]
+
+
+@pytest.mark.parametrize("name", ["O'Brien, Jung", 'Kim "KJ" Lee'])
+def test_display_name_with_specials_stays_one_address(name: str) -> None:
+    _, parsed = wire(build_message(draft(to=[Mailbox(name, "jung@example.org")])))
+    assert addresses(parsed, "To") == [(name, "jung@example.org")]
+
+
+def test_date_mime_version_and_message_id_with_sender_domain() -> None:
+    outgoing = build_message(draft())
+    _, parsed = wire(outgoing)
+    assert parsed["Date"].datetime is not None
+    assert parsed["MIME-Version"] == "1.0"
+    assert parsed["Message-ID"].startswith("<")
+    assert parsed["Message-ID"].endswith("@example.com>")
+    assert outgoing.message_id == parsed["Message-ID"]
+
+
+def test_each_message_gets_its_own_message_id() -> None:
+    first, second = build_message(draft()), build_message(draft())
+    assert first.message_id != second.message_id
+
+
+def test_body_is_utf8_and_decodes_exactly() -> None:
+    _, parsed = wire(build_message(draft()))
+    assert parsed.get_content_type() == "text/plain"
+    assert parsed.get_content_charset() == "utf-8"
+    assert parsed.get_content() == BODY
+
+
+def test_other_headers_are_written() -> None:
+    _, parsed = wire(build_message(draft(other_headers=[("X-Campaign", "spring-42")])))
+    assert parsed["X-Campaign"] == "spring-42"
+
+
+# --- envelope -----------------------------------------------------------------
+
+
+def test_bcc_is_in_the_envelope_but_not_in_the_headers() -> None:
+    outgoing = build_message(draft(bcc=[Mailbox("Secretary", "secret@example.net")]))
+    raw, parsed = wire(outgoing)
+    assert EnvelopeRecipient("Bcc", "secret@example.net") in outgoing.recipients
+    assert parsed["Bcc"] is None
+    assert b"secret@example.net" not in raw
+
+
+def test_cc_is_in_the_header_and_the_envelope() -> None:
+    outgoing = build_message(draft(cc=[Mailbox("", "board@example.org")]))
+    _, parsed = wire(outgoing)
+    assert addresses(parsed, "Cc") == [("", "board@example.org")]
+    assert outgoing.recipients == [
+        EnvelopeRecipient("To", "minjun@example.org"),
+        EnvelopeRecipient("Cc", "board@example.org"),
+    ]
+    assert outgoing.sender == "club@example.com"
+
+
+# --- invalid data -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["not-an-address", "a@b"])
+def test_invalid_address_is_an_invalid_row_naming_it(address: str) -> None:
+    with pytest.raises(InvalidRow) as caught:
+        build_message(draft(to=[Mailbox("Kim", address)]))
+    assert f"'{address}'" in caught.value.reason
+    assert caught.value.address == address
+
+
+def test_empty_address_is_an_invalid_row() -> None:
+    with pytest.raises(InvalidRow, match="empty"):
+        build_message(draft(to=[Mailbox("Kim", "")]))
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_from_must_hold_exactly_one_address(count: int) -> None:
+    senders = [Mailbox("", f"s{i}@example.com") for i in range(count)]
+    with pytest.raises(InvalidRow, match=f"exactly one address, not {count}"):
+        build_message(draft(sender=senders))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"subject": "Hi\r\nBcc: everyone@example.com"},
+        {"subject": "Hi\u2028there"},
+        {"other_headers": [("X-Note", "a\nBcc: everyone@example.com")]},
+        {"to": [Mailbox("Kim\r\nBcc: everyone@example.com", "kim@example.org")]},
+    ],
+)
+def test_header_value_the_email_package_refuses_is_an_invalid_row(fields: dict) -> None:
+    with pytest.raises(InvalidRow, match="cannot build the message"):
+        build_message(draft(**fields))
+
+
+# --- internationalised addresses ----------------------------------------------
+
+
+def test_non_ascii_local_part_needs_smtputf8() -> None:
+    outgoing = build_message(draft(to=[Mailbox("José", "josé@example.com")]))
+    raw = outgoing.as_bytes()
+    assert outgoing.smtputf8 is True
+    assert outgoing.recipients == [EnvelopeRecipient("To", "josé@example.com")]
+    assert "josé@example.com".encode() in header_block(raw)
+    # An RFC 6532 client reads the headers as UTF-8.
+    parsed = Parser(policy=email.policy.default).parsestr(raw.decode("utf-8"))
+    assert addresses(parsed, "To") == [("José", "josé@example.com")]  # type: ignore[arg-type]
+    assert parsed["Subject"] == SUBJECT
+    assert parsed.get_content() == BODY  # type: ignore[attr-defined]
+
+
+def test_idn_domain_only_uses_punycode_without_smtputf8() -> None:
+    outgoing = build_message(draft(to=[Mailbox("", "user@bücher.de")]))
+    raw, parsed = wire(outgoing)
+    assert outgoing.smtputf8 is False
+    assert outgoing.recipients == [EnvelopeRecipient("To", "user@xn--bcher-kva.de")]
+    assert header_block(raw).isascii()
+    assert addresses(parsed, "To") == [("", "user@xn--bcher-kva.de")]
+
+
+def test_seven_bit_bytes_have_no_8bit_and_decode_the_same() -> None:
+    raw, parsed = wire(build_message(draft()), eightbit=False)
+    assert raw.isascii()
+    assert parsed["Content-Transfer-Encoding"] in ("base64", "quoted-printable")
+    assert parsed["Subject"] == SUBJECT
+    assert parsed.get_content() == BODY
+
+
+# --- preview ------------------------------------------------------------------
+
+
+def test_preview_shows_decoded_headers_bcc_and_body() -> None:
+    outgoing = build_message(draft(bcc=[Mailbox("", "secret@example.net")]))
+    text = preview_text(outgoing)
+    assert f"Subject: {SUBJECT}\n" in text
+    assert "To: 김민준 <minjun@example.org>" in text
+    bcc_line = next(line for line in text.splitlines() if line.startswith("Bcc:"))
+    assert "secret@example.net" in bcc_line and "envelope only" in bcc_line
+    assert text.endswith("\n\n" + BODY)
+    assert "=?utf-8?" not in text
