@@ -66,14 +66,23 @@ class Draft:
         ]
 
 
+# Joins the lines of a folded or repeated header: a Jinja comment that holds a
+# line break renders as nothing but keeps Jinja's line count equal to the file's.
+_LINE_JOIN = "{#\n#}"
+
+
 @dataclass
 class _Part:
     """One Jinja template of the file: a header value or the body."""
 
     name: str  # header name, or "body"
     source: str
-    line: int  # line of the file where it starts
+    lines: list[int]  # the file's line for each line of source ([] for defaults)
     compiled: jinja2.Template | None = None
+
+    def add_line(self, separator: str, text: str, line: int) -> None:
+        self.source += separator + _LINE_JOIN + text
+        self.lines.append(line)
 
 
 class _Placeholders:
@@ -112,7 +121,7 @@ class MailTemplate:
         self._address_env = self._env.overlay(finalize=self._placeholders)
         self.parts = parts
         if default_from and not any(p.name == "From" for p in parts):
-            self.parts.insert(0, _Part("From", default_from, 0))
+            self.parts.insert(0, _Part("From", default_from, []))
         for part in self.parts:
             env = self._address_env if part.name in ADDRESS_HEADERS else self._env
             try:
@@ -137,7 +146,7 @@ class MailTemplate:
                     f"{self.path}: no 'To:' header, and the list has no 'email' column; "
                     "add 'To: {{ your_address_column }}' to the template"
                 )
-            part = _Part("To", "{{ " + email_column + " }}", 0)
+            part = _Part("To", "{{ " + email_column + " }}", [])
             part.compiled = self._address_env.from_string(part.source)
             self.parts.append(part)
         if not any(p.name == "From" for p in self.parts):
@@ -222,9 +231,10 @@ class MailTemplate:
         return boxes
 
     def _where(self, part: _Part, line: int | None) -> str:
-        if part.line == 0:  # a header that came from the config or a default
+        if not part.lines:  # a header that came from the config or a default
             return f"{self.path}: {part.name} (default)"
-        return f"{self.path}: line {part.line + (line or 1) - 1}"
+        index = min(max(line or 1, 1), len(part.lines)) - 1
+        return f"{self.path}: line {part.lines[index]}"
 
 
 def _single_line(header: str, value: str) -> str:
@@ -270,14 +280,17 @@ def load_template(path: Path | str, *, default_from: str | None = None) -> MailT
 def parse_template(text: str, path: Path) -> list[_Part]:
     """Split a template's text into header parts and the body part."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    headers: list[tuple[str, list[str], int]] = []
+    if lines[-1] == "":
+        lines.pop()  # the file's final line break, not a blank line
+    parts: list[_Part] = []
+    current: _Part | None = None
     body_start = None
     for number, line in enumerate(lines, start=1):
         if line.strip() == "":
             body_start = number
             break
-        if line[0] in " \t" and headers:  # a folded header continues
-            headers[-1][1].append(line.strip())
+        if line[0] in " \t" and current is not None:  # a folded header continues
+            current.add_line(" ", line.strip(), number)
             continue
         match = _HEADER_LINE.match(line)
         if not match:
@@ -285,27 +298,30 @@ def parse_template(text: str, path: Path) -> list[_Part]:
                 f"{path}: line {number}: expected a header such as 'Subject: ...', got "
                 f"'{line[:40]}'; a template is header lines, a blank line, then the body"
             )
-        headers.append((match.group(1), [match.group(2)], number))
+        current = _header_part(parts, match.group(1), match.group(2).strip(), number, path)
     if body_start is None:
         raise TemplateError(f"{path}: no blank line after the headers, so no body")
-    parts: list[_Part] = []
-    for raw_name, values, number in headers:
-        name = _CANONICAL.get(raw_name.lower(), raw_name)
-        if name in RESERVED_HEADERS:
-            raise TemplateError(f"{path}: line {number}: mailmerge sets {name} itself; remove it")
-        value = " ".join(values).strip()
-        if name.lower() == "content-type":
-            if value.split(";")[0].strip().lower() != "text/plain":
-                raise TemplateError(
-                    f"{path}: line {number}: only text/plain bodies are supported yet"
-                )
-            continue
-        if name in (*ADDRESS_HEADERS, "Subject") and any(p.name == name for p in parts):
-            if name in ("From", "Subject"):
-                raise TemplateError(f"{path}: line {number}: a second {name} header")
-            next(p for p in parts if p.name == name).source += ", " + value
-            continue
-        parts.append(_Part(name, value, number))
-    body = "\n".join(lines[body_start:])
-    parts.append(_Part("body", body, body_start + 1))
+    body_lines = lines[body_start:]
+    body = "\n".join(body_lines) + "\n"
+    parts.append(_Part("body", body, list(range(body_start + 1, body_start + 2 + len(body_lines)))))
     return parts
+
+
+def _header_part(parts: list[_Part], raw_name: str, value: str, number: int, path: Path) -> _Part | None:
+    """Add one header line to ``parts``; return the part it went into."""
+    name = _CANONICAL.get(raw_name.lower(), raw_name)
+    if name in RESERVED_HEADERS:
+        raise TemplateError(f"{path}: line {number}: mailmerge sets {name} itself; remove it")
+    if name.lower() == "content-type":
+        if value.split(";")[0].strip().lower() != "text/plain":
+            raise TemplateError(f"{path}: line {number}: only text/plain bodies are supported yet")
+        return None
+    earlier = next((p for p in parts if p.name == name), None)
+    if earlier is not None and name in ("From", "Subject"):
+        raise TemplateError(f"{path}: line {number}: a second {name} header")
+    if earlier is not None and name in ADDRESS_HEADERS:  # To: a, then To: b
+        earlier.add_line(", ", value, number)
+        return earlier
+    part = _Part(name, value, [number])
+    parts.append(part)
+    return part

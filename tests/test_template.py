@@ -119,10 +119,15 @@ def test_unknown_column_in_header_names_its_line(tmp_path: Path) -> None:
     assert "line 2" in message and "'nmae' is not a column" in message
 
 
-def test_unknown_column_on_folded_header_line_names_that_line(tmp_path: Path) -> None:
-    # BUG: continuation lines are joined into the first line's part, so the
-    # error says "line 2" (where Subject starts) instead of "line 3".
-    message = template_error(tmp_path, "To: {{ email }}\nSubject: Hi\n  {{ nmae }}\n\nBody\n")
+@pytest.mark.parametrize(
+    "headers",
+    ["To: {{ email }}\nSubject: Hi\n  {{ nmae }}", "To: {{ email }}\nCc: a@x.org\nCc: {{ nmae }}"],
+    ids=["folded-line", "second-cc-header"],
+)
+def test_unknown_column_on_a_later_header_line_names_that_line(
+    tmp_path: Path, headers: str
+) -> None:
+    message = template_error(tmp_path, headers + "\n\nBody\n")
     assert "line 3" in message and "'nmae' is not a column" in message
 
 
@@ -146,8 +151,7 @@ def test_headers_without_blank_line_and_body_is_an_error(tmp_path: Path) -> None
 
 
 def test_headers_only_file_with_final_newline_is_an_error(tmp_path: Path) -> None:
-    # BUG: the file's final newline is taken as the blank line, so a template of
-    # only headers loads and every message has an empty body.
+    # The final line break is not the blank line: every message would have no body.
     message = template_error(tmp_path, "Subject: Hi\nTo: {{ email }}\n")
     assert "blank line" in message
 

@@ -1,0 +1,5 @@
+"""``python -m mailmerge``: the same as the ``mailmerge`` command."""
+
+from .cli import app
+
+app(prog_name="mailmerge")
