@@ -157,8 +157,6 @@ def _smtp_config(data: dict[str, Any], base: Path, where: str) -> SmtpConfig:
     ca_file = _text(data, "ca_file", where)
     if ca_file:
         config.ca_file = base / Path(ca_file).expanduser()
-        if not config.ca_file.is_file():
-            raise ConfigError(f"{where}: ca_file {config.ca_file} does not exist")
     for key, kind in (("port", int), ("timeout", float)):
         if key in data:
             try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .config import SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
-from .message import OutgoingMessage, build_message
+from .message import OutgoingMessage, build_message, check_addresses
 from .outcome import Outcome, Status
 from .recipients import Recipient, RecipientList
 from .template import Draft, MailTemplate
@@ -79,11 +79,14 @@ def plan_merge(recipients: RecipientList, template: MailTemplate) -> Plan:
     template.check_columns(recipients.columns, recipients.rows[0].row)
     plan = Plan(recipients, template)
     for recipient in recipients:
-        result = render_row(template, recipient)
-        if isinstance(result, list):
-            plan.invalid[recipient.row] = result
-        else:
-            plan.addresses += len(result.recipients)
+        # Render and check addresses; building the MIME message is left to the
+        # send (a row it refuses there is still reported invalid, not lost).
+        draft = None
+        try:
+            draft = template.render(recipient)
+            plan.addresses += len(check_addresses(draft).envelope)
+        except InvalidRow as error:
+            plan.invalid[recipient.row] = invalid_outcomes(recipient.row, draft, error)
     return plan
 
 

@@ -90,28 +90,57 @@ def _header_value(boxes: list[_Checked], utf8: bool) -> str | list[Address]:
     return addresses
 
 
+@dataclass(frozen=True)
+class CheckedAddresses:
+    """Every address of a draft, checked and normalised."""
+
+    sender: _Checked
+    to: list[_Checked]
+    cc: list[_Checked]
+    bcc: list[_Checked]
+    reply_to: list[_Checked]
+
+    @property
+    def envelope(self) -> list[tuple[str, _Checked]]:
+        """The recipients the message is delivered to, with their header."""
+        return [
+            *(("To", box) for box in self.to),
+            *(("Cc", box) for box in self.cc),
+            *(("Bcc", box) for box in self.bcc),
+        ]
+
+    @property
+    def utf8(self) -> bool:
+        """True when any address has a non-ASCII local part (needs SMTPUTF8)."""
+        everyone = [self.sender, *self.to, *self.cc, *self.bcc, *self.reply_to]
+        return any(box.ascii is None for box in everyone)
+
+
+def check_addresses(draft: Draft) -> CheckedAddresses:
+    """Check every address of a draft (syntax only, no DNS).
+
+    Raises :class:`InvalidRow` for the first address that is not valid.
+    """
+    if len(draft.sender) != 1:
+        raise InvalidRow(f"the From header must hold exactly one address, not {len(draft.sender)}")
+    return CheckedAddresses(
+        sender=_checked(draft.sender)[0],
+        to=_checked(draft.to),
+        cc=_checked(draft.cc),
+        bcc=_checked(draft.bcc),
+        reply_to=_checked(draft.reply_to),
+    )
+
+
 def build_message(draft: Draft) -> OutgoingMessage:
     """Build the message and envelope for a draft.
 
     Raises :class:`InvalidRow` for an address that is not valid, or a header
     value the email package refuses.
     """
-    if len(draft.sender) != 1:
-        raise InvalidRow(f"the From header must hold exactly one address, not {len(draft.sender)}")
-    sender = _checked(draft.sender)[0]
-    headers = {
-        "To": _checked(draft.to),
-        "Cc": _checked(draft.cc),
-        "Reply-To": _checked(draft.reply_to),
-    }
-    envelope = [
-        *(("To", box) for box in headers["To"]),
-        *(("Cc", box) for box in headers["Cc"]),
-        *(("Bcc", box) for box in _checked(draft.bcc)),
-    ]
-    everyone = [sender, *(box for _, box in envelope), *headers["Reply-To"]]
-    utf8 = any(box.ascii is None for box in everyone)
-
+    addresses = check_addresses(draft)
+    sender, utf8 = addresses.sender, addresses.utf8
+    headers = {"To": addresses.to, "Cc": addresses.cc, "Reply-To": addresses.reply_to}
     message = EmailMessage(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
     try:
         message["From"] = _header_value([sender], utf8)
@@ -136,7 +165,7 @@ def build_message(draft: Draft) -> OutgoingMessage:
         row=draft.row,
         message=message,
         sender=envelope_address(sender),
-        recipients=[EnvelopeRecipient(field, envelope_address(box)) for field, box in envelope],
+        recipients=[EnvelopeRecipient(field, envelope_address(box)) for field, box in addresses.envelope],
         smtputf8=utf8,
     )
 

@@ -56,6 +56,8 @@ class SmtpSession:
     def open(self) -> None:
         """Connect, secure the connection and log in; raise a SendError subclass."""
         config = self.config
+        if config.ca_file is not None and not config.ca_file.is_file():
+            raise ConnectError(f"ca_file {config.ca_file} (in [smtp]) does not exist")
         context = ssl.create_default_context(
             cafile=str(config.ca_file) if config.ca_file else None
         )

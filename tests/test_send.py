@@ -45,7 +45,7 @@ def test_excel_list_arrives_with_korean_subject_and_values_as_in_the_sheet(
 
 
 def test_one_connection_and_one_login_for_the_whole_list(tmp_path: Path, tls_server: SmtpTestServer) -> None:
-    rows = [(f"Member {i}", f"member{i}@example.com") for i in range(60)]
+    rows = [(f"Member {i}", f"member{i}@example.com") for i in range(1000)]
     xlsx = write_xlsx(tmp_path / "members.xlsx", ("name", "email"), rows)
     template = write_template(tmp_path / "t.txt", "Subject: Hello {{ name }}\n\nHi {{ name }}\n")
     write_config(tmp_path, tls_server)
@@ -53,7 +53,7 @@ def test_one_connection_and_one_login_for_the_whole_list(tmp_path: Path, tls_ser
     run = run_cli("send", xlsx, "-t", template, "--yes")
 
     assert run.exit_code == 0, run.output
-    assert len(tls_server.messages) == 60
+    assert len(tls_server.messages) == 1000
     assert tls_server.connections == 1
     assert tls_server.starttls_count == 1
     assert tls_server.auth_attempts == 1
