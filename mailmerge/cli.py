@@ -39,22 +39,23 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
-ListArgument = Annotated[Path, typer.Argument(help="The list: .xlsx, .xlsm, .csv, .tsv or .txt.", show_default=False)]
+ListArgument = Annotated[Path, typer.Argument(metavar="LIST", help="The list: .xlsx, .xlsm, .csv, .tsv or .txt.", show_default=False)]
 TemplateOption = Annotated[
     Path | None,
-    typer.Option("--template", "-t", help="The template file (default: [message] template in the config).", show_default=False),
+    typer.Option("--template", "-t", metavar="TEMPLATE", help="The template file (default: [message] template in the config).", show_default=False),
 ]
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="The config file (default: mailmerge.toml beside the list, then here).", show_default=False),
+    typer.Option("--config", "-c", metavar="FILE", help="The config file (default: mailmerge.toml beside the list, then here).", show_default=False),
 ]
-SheetOption = Annotated[str | None, typer.Option(help="Excel sheet to read (default: the first).", show_default=False)]
+SheetOption = Annotated[str | None, typer.Option(metavar="NAME", help="Excel sheet to read (default: the first).", show_default=False)]
 EncodingOption = Annotated[
-    str | None, typer.Option(help="Encoding of a CSV file, e.g. cp949 (default: guessed).", show_default=False)
+    str | None, typer.Option(metavar="NAME", help="Encoding of a CSV file, e.g. cp949 (default: guessed).", show_default=False)
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
 
@@ -102,8 +103,8 @@ def preview(
     list_path: ListArgument,
     template: TemplateOption = None,
     config: ConfigOption = None,
-    row: Annotated[int | None, typer.Option(help="Show only this row (its number in the sheet).", show_default=False)] = None,
-    limit: Annotated[int | None, typer.Option(help="Show at most this many messages.", show_default=False)] = None,
+    row: Annotated[int | None, typer.Option(metavar="N", help="Show only this row (its number in the sheet).", show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option(metavar="N", help="Show at most this many messages.", show_default=False)] = None,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     debug: DebugOption = False,
@@ -137,12 +138,12 @@ def send(
     template: TemplateOption = None,
     config: ConfigOption = None,
     report: Annotated[
-        Path | None, typer.Option(help="Where to write the report (default: LIST.report.csv beside the list).", show_default=False)
+        Path | None, typer.Option(metavar="PATH", help="Where to write the report (default: LIST.report.csv beside the list).", show_default=False)
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Render and check every row; send nothing.")] = False,
     outbox: Annotated[
         Path | None,
-        typer.Option(help="Send to a local SMTP server that saves each message as DIR/*.eml (no account needed).", show_default=False),
+        typer.Option(metavar="DIR", help="Send to a local SMTP server that saves each message as DIR/*.eml (no account needed).", show_default=False),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     sheet: SheetOption = None,

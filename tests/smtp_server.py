@@ -75,6 +75,8 @@ class _Handler:
                           address: str, rcpt_options: list[str]) -> str:
         if address.lower() in self.owner.refused:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        if address.lower() in self.owner.deferred:
+            return f"451 4.7.1 <{address}>: Greylisted, try again later"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
@@ -84,6 +86,8 @@ class _Handler:
         limit = self.owner.reply_421_after
         if limit is not None and len(self.owner.messages) >= limit:
             return "421 4.7.0 Too many messages, try again later"
+        if address.lower() in self.owner.refused_senders:
+            return f"553 5.7.1 <{address}>: Sender address rejected: not owned by user"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -94,6 +98,9 @@ class _Handler:
             assert server.transport is not None
             server.transport.close()  # drop the TCP connection before any reply
             return "451 never seen by the client"
+        marker = self.owner.reject_data_with
+        if marker is not None and marker in (envelope.original_content or b""):
+            return "554 5.7.1 Message rejected as spam"
         self.owner.messages.append(ReceivedMessage(  # decode_data is off: bytes
             mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
             mail_options=list(envelope.mail_options),
@@ -139,14 +146,18 @@ class SmtpTestServer:
     host: str = HOST
 
     def __init__(self, *, tls: bool = False, auth: dict[str, str] | None = None,
-                 refuse: Iterable[str] = (), smtputf8: bool = True,
+                 refuse: Iterable[str] = (), defer: Iterable[str] = (), smtputf8: bool = True,
                  cert_dir: Path | None = None, implicit_tls: bool = False,
-                 drop_after: int | None = None, reply_421_after: int | None = None) -> None:
+                 drop_after: int | None = None, reply_421_after: int | None = None,
+                 refuse_senders: Iterable[str] = (), reject_data_with: bytes | None = None) -> None:
         if tls and implicit_tls:
             raise ValueError("choose STARTTLS (tls) or SMTPS (implicit_tls), not both")
         self.tls, self.implicit_tls, self.smtputf8 = tls, implicit_tls, smtputf8
         self.auth = dict(auth) if auth is not None else None
-        self.refused = {addr.lower() for addr in refuse}
+        self.refused = {addr.lower() for addr in refuse}  # 550 at RCPT
+        self.deferred = {addr.lower() for addr in defer}  # 451 at RCPT
+        self.refused_senders = {addr.lower() for addr in refuse_senders}  # 553 at MAIL
+        self.reject_data_with = reject_data_with  # 554 at the end of DATA if found
         # Faults: drop the connection at the DATA of message N+1 (nothing
         # replied), or answer 421 to MAIL once N messages were received.
         self.drop_after, self.reply_421_after = drop_after, reply_421_after

@@ -292,3 +292,41 @@ def test_a_421_is_a_failure_not_a_refusal(tmp_path: Path) -> None:
         ("failed", ""),
     ]
     assert len(server.messages) == 1
+
+
+def test_a_temporary_refusal_is_failed_and_the_run_goes_on(tmp_path: Path) -> None:
+    rows = [("a@example.com",), ("grey@example.com",), ("c@example.com",)]
+    xlsx = write_xlsx(tmp_path / "l.xlsx", ("email",), rows)
+    template = write_template(tmp_path / "t.txt", "From: x@example.com\nSubject: Hi\n\nHello\n")
+    with SmtpTestServer(defer=["grey@example.com"]) as server:
+        write_config(tmp_path, server, security="none", username=None)
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert run.exit_code == 3
+    assert server.recipients() == ["a@example.com", "c@example.com"]
+    report = read_report(tmp_path / "l.report.csv")
+    assert [(r["status"], r["code"]) for r in report] == [("sent", "250"), ("failed", "451"), ("sent", "250")]
+    assert "Greylisted" in report[1]["reason"]
+    assert "row 3: failed grey@example.com: 451" in run.stderr
+
+
+def test_a_refused_sender_or_message_is_reported_and_the_run_goes_on(tmp_path: Path) -> None:
+    rows = [("a@example.com", "ok", "club@example.com"), ("b@example.com", "SPAMWORD", "club@example.com"),
+            ("c@example.com", "ok", "stranger@example.com"), ("d@example.com", "ok", "club@example.com")]
+    xlsx = write_xlsx(tmp_path / "l.xlsx", ("email", "word", "sender"), rows)
+    template = write_template(tmp_path / "t.txt", "From: {{ sender }}\nSubject: Hi\n\n{{ word }}\n")
+    with SmtpTestServer(refuse_senders=["stranger@example.com"], reject_data_with=b"SPAMWORD") as server:
+        write_config(tmp_path, server, security="none", username=None)
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert run.exit_code == 3
+    assert server.recipients() == ["a@example.com", "d@example.com"]
+    report = read_report(tmp_path / "l.report.csv")
+    assert [(r["address"], r["status"], r["code"]) for r in report] == [
+        ("a@example.com", "sent", "250"),
+        ("b@example.com", "refused", "554"),
+        ("c@example.com", "refused", "553"),
+        ("d@example.com", "sent", "250"),
+    ]
+    assert "spam" in report[1]["reason"] and "Sender address rejected" in report[2]["reason"]
+    assert "sent 2, refused 2, invalid 0" in run.stdout
