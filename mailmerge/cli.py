@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
@@ -18,9 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import __version__
-from .config import Config, SmtpConfig, find_config, get_password, load_config
+from .config import Config, SendConfig, SmtpConfig, find_config, get_password, load_config
 from .errors import ConfigError, InputError, MailmergeError
-from .merge import MergeResult, Plan, plan_merge, rendered_rows, send_merge
+from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, read_entries
+from .merge import MergeResult, Plan, Work, campaign_outcomes, count_work, plan_merge, rendered_rows, send_merge
+from .pacing import StopSignal, parse_duration, parse_rate
 from .message import preview_text
 from .outbox import OutboxServer
 from .outcome import Outcome, Status
@@ -132,6 +135,13 @@ def preview(
     err.print(f"{plan.to_send} to send, {len(plan.invalid)} invalid, of {len(plan.recipients)} rows", markup=False)
 
 
+RateOption = Annotated[str | None, typer.Option(metavar="RATE", help="At most this many messages: 20/min, 2/s, 500/h (default: rate in [send]).", show_default=False)]
+CampaignOption = Annotated[
+    str | None,
+    typer.Option(metavar="NAME", help="Name of the campaign in the journal (default: from the list's path and the template's text).", show_default=False),
+]
+
+
 @app.command()
 def send(
     list_path: ListArgument,
@@ -146,80 +156,185 @@ def send(
         typer.Option(metavar="DIR", help="Send to a local SMTP server that saves each message as DIR/*.eml (no account needed).", show_default=False),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    rate: RateOption = None,
+    batch_size: Annotated[int | None, typer.Option(metavar="N", help="Pause after every N messages (see --batch-pause).", show_default=False)] = None,
+    batch_pause: Annotated[str | None, typer.Option(metavar="TIME", help="How long to pause between batches: 30s, 10m, 1h.", show_default=False)] = None,
+    max_messages: Annotated[int | None, typer.Option(metavar="N", help="Stop after N messages (a daily cap); the next run goes on.", show_default=False)] = None,
+    campaign: CampaignOption = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Forget what this campaign sent and send every row again.")] = False,
+    resend_unknown: Annotated[bool, typer.Option("--resend-unknown", help="Send again the messages whose delivery is unknown.")] = False,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Send each row its message through one SMTP session, then write the report.
 
-    Example:  mailmerge send list.xlsx -t invoice.txt
+    Run the same command again after an interruption: what was sent is skipped.
 
-    Exit codes: 0 all sent, 1 the run stopped on an error, 2 bad input,
-    3 some addresses refused or invalid.
+    Example:  mailmerge send list.xlsx -t invoice.txt --rate 20/min
+
+    Exit codes: 0 every row sent, 1 the run stopped on an error, 2 bad input,
+    3 some rows refused, invalid, deferred, unknown or not sent yet, 130 interrupted.
     """
     settings, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding), debug)
     _print_invalid(plan)
+    pace = _run(lambda: _pace(settings.send, rate, batch_size, batch_pause, max_messages), debug)
+    name = campaign_id(list_path, plan.template.text, campaign)
+    folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
     if dry_run:
+        work = _run(lambda: count_work(plan, read_entries(folder, name), resend_unknown=resend_unknown), debug)
         out.print(
-            f"dry run: would send {plan.to_send} messages to {plan.addresses} addresses; "
-            f"{len(plan.invalid)} rows invalid. Nothing was sent.",
+            f"dry run: would send {work.to_send} messages ({work.done} already sent) to "
+            f"{plan.addresses} addresses; {work.invalid} rows invalid. Nothing was sent.",
             markup=False,
         )
         raise typer.Exit(EXIT_REFUSED if plan.invalid else EXIT_OK)
     report_path = report or default_report_path(list_path)
-    if outbox is not None:
-        with OutboxServer(outbox) as smtp:
-            out.print(f"Sending {plan.to_send} messages to the outbox {outbox}/ (nothing leaves this machine)", markup=False)
-            result = _run(lambda: _send_with_progress(plan, smtp, None), debug)
-    else:
-        smtp = _run(settings.require_server, debug)
-        who = f" as {smtp.username}" if smtp.username else ""
-        if not yes:
-            if not sys.stdin.isatty():
-                _fail(InputError("no terminal to confirm on; add --yes to send without asking"), debug)
-            if not typer.confirm(f"About to send {plan.to_send} messages via {smtp.host}:{smtp.port}{who}. Send?"):
-                raise typer.Exit(EXIT_OK)
-        prompt = (lambda text: str(typer.prompt(text, hide_input=True))) if sys.stdin.isatty() else None
-        password = _run(lambda: get_password(smtp, prompt=prompt), debug)
-        result = _run(lambda: _send_with_progress(plan, smtp, password), debug)
-    _finish(result, report_path)
+    with Journal(folder, name) as journal:
+        _run(journal.lock, debug)
+        if restart:
+            if not yes and not (sys.stdin.isatty() and typer.confirm("Forget what this campaign sent and send every row again?")):
+                _fail(InputError("--restart needs a confirmation: answer yes, or add --yes"), debug)
+            journal.restart()
+        journal.register(list_path, plan.template.path)
+        recovered = journal.recover()
+        work = _run(lambda: count_work(plan, journal.entries(), resend_unknown=resend_unknown), debug)
+        _say_where_we_are(journal, list_path, work, recovered)
+        if work.to_send == 0:
+            _finish(plan, journal, MergeResult(), report_path)
+        if outbox is not None:
+            with OutboxServer(outbox) as smtp:
+                out.print(f"Sending {work.to_send} messages to the outbox {outbox}/ (nothing leaves this machine)", markup=False)
+                result = _send_with_progress(plan, journal, smtp, None, pace, work, resend_unknown, debug)
+        else:
+            smtp = _run(settings.require_server, debug)
+            who = f" as {smtp.username}" if smtp.username else ""
+            if not yes:
+                if not sys.stdin.isatty():
+                    _fail(InputError("no terminal to confirm on; add --yes to send without asking"), debug)
+                if not typer.confirm(f"About to send {work.to_send} messages via {smtp.host}:{smtp.port}{who}. Send?"):
+                    raise typer.Exit(EXIT_OK)
+            prompt = (lambda text: str(typer.prompt(text, hide_input=True))) if sys.stdin.isatty() else None
+            password = _run(lambda: get_password(smtp, prompt=prompt), debug)
+            result = _send_with_progress(plan, journal, smtp, password, pace, work, resend_unknown, debug)
+        _finish(plan, journal, result, report_path)
 
 
-def _send_with_progress(plan: Plan, smtp: SmtpConfig, password: str | None) -> MergeResult:
+def _pace(base: SendConfig, rate: str | None, batch_size: int | None, batch_pause: str | None, max_messages: int | None) -> SendConfig:
+    """The [send] settings with the command line's options on top."""
+    settings = replace(base)
+    if rate is not None:
+        settings.rate = parse_rate(rate)
+    if batch_size is not None:
+        settings.batch_size = batch_size
+    if batch_pause is not None:
+        settings.batch_pause = parse_duration(batch_pause, "--batch-pause")
+    if max_messages is not None:
+        settings.max_messages = max_messages
+    return settings
+
+
+def _say_where_we_are(journal: Journal, list_path: Path, work: Work, recovered: int) -> None:
+    if recovered:
+        err.print(
+            f"{recovered} addresses were being sent when the last run stopped: they are 'unknown' "
+            "(maybe delivered) and are not sent again; --resend-unknown sends them.",
+            style="yellow", markup=False,
+        )
+    if work.done and work.to_send:
+        err.print(f"{work.done:,} of {work.rows - work.invalid:,} already sent; sending the other {work.to_send:,}", markup=False)
+    elif work.done:
+        err.print(f"Nothing left to send: all {work.done:,} rows were sent (or refused) by an earlier run.", markup=False)
+    for other, count in journal.other_campaigns(list_path):
+        err.print(
+            f"note: {count} messages of this list were sent by another campaign ({other}), "
+            "with another version of the template. If this is the same mailing, stop and "
+            "pass --campaign with one name for both.",
+            style="yellow", markup=False,
+        )
+
+
+def _send_with_progress(
+    plan: Plan, journal: Journal, smtp: SmtpConfig, password: str | None,
+    settings: SendConfig, work: Work, resend_unknown: bool, debug: bool,
+) -> MergeResult:
     def show_problems(outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
-            if outcome.status in (Status.REFUSED, Status.FAILED):
+            if outcome.status not in (Status.SENT, Status.INVALID):
                 code = f"{outcome.code} " if outcome.code else ""
                 err.print(f"row {outcome.row}: {outcome.status.value} {outcome.address}: {code}{outcome.reason}", markup=False)
 
+    def notify(text: str) -> None:
+        err.print(text, markup=False)
+
+    stop = StopSignal()
+
+    def run(on_row: Callable[[list[Outcome]], None]) -> MergeResult:
+        try:
+            with stop.installed():
+                return send_merge(plan, journal, smtp, password, settings, stop=stop,
+                                  resend_unknown=resend_unknown, on_row=on_row, notify=notify)
+        except KeyboardInterrupt:  # the second Ctrl-C
+            return MergeResult(stopped="interrupted twice (Ctrl-C): stopped at once")
+        except MailmergeError as error:
+            _fail(error, debug)
+
     if not err.is_terminal:
-        return send_merge(plan, smtp, password, on_row=show_problems)
+        return run(show_problems)
     columns = (TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task("send", total=len(plan.recipients))
+        task = progress.add_task("send", total=work.to_send)
 
         def advance(outcomes: list[Outcome]) -> None:
             show_problems(outcomes)
             progress.advance(task)
 
-        return send_merge(plan, smtp, password, on_row=advance)
+        return run(advance)
 
 
-def _finish(result: MergeResult, report_path: Path) -> NoReturn:
-    write_report(report_path, result.outcomes)
-    summary = Summary.of(result.outcomes)
+def _finish(plan: Plan, journal: Journal, result: MergeResult, report_path: Path) -> NoReturn:
+    outcomes = campaign_outcomes(plan, journal.entries())
+    write_report(report_path, outcomes)
+    summary = Summary.of(outcomes)
     if result.error is not None:
         err.print(f"error: {result.error}", style="red", markup=False)
-        err.print("The rows not sent are marked 'failed' in the report.", markup=False)
-    if result.interrupted:
-        err.print("Interrupted: the rows not sent are marked 'failed' in the report.", markup=False)
+    if result.stopped or result.error is not None:
+        err.print(
+            f"Stopped: {result.stopped or result.error}. Nothing is lost: run the same command "
+            "again to send the rest.", style="yellow", markup=False,
+        )
     out.print(summary.line(), markup=False)
     out.print(f"report: {report_path}", markup=False)
-    if result.interrupted:
+    if result.stopped.startswith(("interrupted", "stopped (SIGTERM)")):
         raise typer.Exit(EXIT_INTERRUPTED)
     if result.error is not None:
         raise typer.Exit(EXIT_STOPPED)
     raise typer.Exit(EXIT_OK if summary.all_sent else EXIT_REFUSED)
+
+
+@app.command()
+def status(
+    list_path: ListArgument,
+    template: TemplateOption = None,
+    config: ConfigOption = None,
+    campaign: CampaignOption = None,
+    outbox: Annotated[Path | None, typer.Option(metavar="DIR", help="The status of the campaign sent with --outbox DIR.", show_default=False)] = None,
+    sheet: SheetOption = None,
+    encoding: EncodingOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Show how far the campaign got: how many rows are in each state. Sends nothing.
+
+    Example:  mailmerge status list.xlsx -t invoice.txt
+    """
+    _, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding), debug)
+    name = campaign_id(list_path, plan.template.text, campaign)
+    folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
+    summary = Summary.of(campaign_outcomes(plan, read_entries(folder, name)))
+    out.print(f"campaign {name}: {len(plan.recipients)} rows", markup=False)
+    for state in Status:
+        label = "not sent yet" if state is Status.FAILED else state.value
+        out.print(f"  {label:<13}{summary.counts[state]:>8,}", markup=False)
 
 
 def _version(value: bool) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, did_you_mean
+from .pacing import Backoff, parse_duration, parse_rate
 
 CONFIG_NAME = "mailmerge.toml"
 PASSWORD_VARIABLE = "MAILMERGE_PASSWORD"
@@ -47,6 +48,19 @@ class SmtpConfig:
 
 
 @dataclass
+class SendConfig:
+    """How fast to send, and how hard to try: the [send] section."""
+
+    rate: float = 0.0  # seconds between two messages (from "20/min"); 0: no limit
+    batch_size: int = 0  # messages per batch; 0: no batches
+    batch_pause: float = 0.0  # seconds between batches
+    max_messages: int = 0  # stop after this many in one run; 0: no limit
+    max_per_connection: int = 0  # start a new session after this many; 0: no limit
+    reconnect: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=60.0, attempts=5))
+    retry: Backoff = field(default_factory=lambda: Backoff(initial=30.0, maximum=600.0, attempts=3))
+
+
+@dataclass
 class MessageConfig:
     """Defaults for every message."""
 
@@ -59,6 +73,7 @@ class Config:
     """The whole configuration, and the file it came from (None: defaults)."""
 
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    send: SendConfig = field(default_factory=SendConfig)
     message: MessageConfig = field(default_factory=MessageConfig)
     path: Path | None = None
 
@@ -75,6 +90,11 @@ class Config:
 
 _SMTP_KEYS = ("host", "port", "security", "username", "ca_file", "timeout")
 _MESSAGE_KEYS = ("from", "template")
+_SEND_KEYS = (
+    "rate", "batch_size", "batch_pause", "max_messages", "max_per_connection",
+    "reconnect_attempts", "reconnect_delay", "reconnect_max_delay",
+    "retry_attempts", "retry_delay", "retry_max_delay",
+)
 
 
 def find_config(list_path: Path, explicit: Path | None = None) -> Path | None:
@@ -101,18 +121,53 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path}: cannot read the config ({error})") from error
     where = str(path) if path else "the environment"
-    _check_keys(data, {"smtp": _SMTP_KEYS, "message": _MESSAGE_KEYS}, where)
-    smtp_data = dict(data.get("smtp", {}))
-    for key in _SMTP_KEYS:
-        value = environ.get(f"MAILMERGE_SMTP_{key.upper()}")
-        if value is not None:
-            smtp_data[key] = value
+    _check_keys(data, {"smtp": _SMTP_KEYS, "send": _SEND_KEYS, "message": _MESSAGE_KEYS}, where)
     base = path.parent if path else Path.cwd()
-    config = Config(smtp=_smtp_config(smtp_data, base, where), path=path)
+    config = Config(
+        smtp=_smtp_config(_with_environment(data, "smtp", _SMTP_KEYS, environ), base, where),
+        send=_send_config(_with_environment(data, "send", _SEND_KEYS, environ), where),
+        path=path,
+    )
     message = data.get("message", {})
     config.message.sender = _text(message, "from", where)
     template = _text(message, "template", where)
     config.message.template = base / template if template else None
+    return config
+
+
+def _with_environment(
+    data: dict[str, Any], section: str, keys: tuple[str, ...], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """A section's keys, overridden by MAILMERGE_<SECTION>_<KEY> variables."""
+    values = dict(data.get(section, {}))
+    for key in keys:
+        value = environ.get(f"MAILMERGE_{section.upper()}_{key.upper()}")
+        if value is not None:
+            values[key] = value
+    return values
+
+
+def _send_config(data: dict[str, Any], where: str) -> SendConfig:
+    config = SendConfig()
+    try:
+        if "rate" in data:
+            config.rate = parse_rate(str(data["rate"])) if data["rate"] else 0.0
+        if "batch_pause" in data:
+            config.batch_pause = parse_duration(data["batch_pause"], "batch_pause")
+        for key in ("batch_size", "max_messages", "max_per_connection"):
+            if key in data:
+                setattr(config, key, int(data[key]))
+        for name in ("reconnect", "retry"):
+            default: Backoff = getattr(config, name)
+            setattr(config, name, Backoff(
+                initial=parse_duration(data.get(f"{name}_delay", default.initial), f"{name}_delay"),
+                maximum=parse_duration(data.get(f"{name}_max_delay", default.maximum), f"{name}_max_delay"),
+                attempts=int(data.get(f"{name}_attempts", default.attempts)),
+            ))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: a value in [send] is not a number ({error})") from error
+    except ConfigError as error:
+        raise ConfigError(f"{where}: [send] {error}") from error
     return config
 
 

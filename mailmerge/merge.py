@@ -1,29 +1,37 @@
-"""A whole merge: check every row, then send the good ones in one session.
+"""A whole merge: check every row, then send what is left through one session,
+keeping the journal, so that a run can stop anywhere and the next one goes on.
 
 This is the library API behind the commands::
 
     recipients = read_recipients("list.xlsx")
     template = load_template("welcome.txt", default_from=config.message.sender)
-    plan = plan_merge(recipients, template)      # renders every row; sends nothing
-    result = send_merge(plan, config.smtp, password)
-    write_report(Path("list.report.csv"), result.outcomes)
+    plan = plan_merge(recipients, template)         # renders every row; sends nothing
+    with Journal(folder, campaign_id(...)) as journal:
+        result = send_merge(plan, journal, config.smtp, password, config.send)
+        write_report(path, campaign_outcomes(plan, journal.entries()))
 
-Rows are rendered twice (once to check, once to send) instead of being held
-as messages, so memory does not grow with the length of the list.
+Rows are rendered again when needed instead of being held as messages, so
+memory does not grow with the length of the list.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .config import SmtpConfig
+from .config import SendConfig, SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
-from .message import OutgoingMessage, build_message, check_addresses
+from .journal import Entry, Journal, ListChanged, row_hash
+from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_addresses
 from .outcome import Outcome, Status
+from .pacing import Pacer, StopSignal
 from .recipients import Recipient, RecipientList
 from .template import Draft, MailTemplate
-from .transport import SmtpSession
+from .transport import SmtpClient
+
+# States after which an address is not sent again by a later run.
+DONE = {Status.SENT.value, Status.REFUSED.value, Status.UNKNOWN.value}
 
 
 def render_row(template: MailTemplate, recipient: Recipient) -> OutgoingMessage | list[Outcome]:
@@ -96,67 +104,238 @@ def rendered_rows(plan: Plan) -> Iterator[tuple[Recipient, OutgoingMessage | lis
         yield recipient, render_row(plan.template, recipient)
 
 
+# --- what is left to send --------------------------------------------------------
+
+
+def _envelope(plan: Plan, recipient: Recipient) -> list[EnvelopeRecipient]:
+    try:
+        return check_addresses(plan.template.render(recipient)).envelope
+    except InvalidRow:
+        return []  # rows invalid now are in plan.invalid
+
+
+def _left(envelope: list[EnvelopeRecipient], entries: dict[tuple[int, str], Entry], row: int, resend_unknown: bool) -> list[EnvelopeRecipient]:
+    done = DONE - ({Status.UNKNOWN.value} if resend_unknown else set())
+    return [r for r in envelope if (row, r.address) not in entries or entries[(row, r.address)].state not in done]
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a run of ``send`` has to do, counted in rows (messages)."""
+
+    rows: int  # rows in the list
+    done: int  # rows whose every address is already sent or refused (or unknown)
+    to_send: int  # rows with at least one address left to send
+    unknown: int  # rows with an address in state unknown
+    invalid: int
+
+
+def count_work(plan: Plan, entries: dict[tuple[int, str], Entry], *, resend_unknown: bool = False) -> Work:
+    """Count what is already done and what is left, and stop when the list
+    changed under a row that was already sent."""
+    by_row: dict[int, list[Entry]] = {}
+    for entry in entries.values():
+        by_row.setdefault(entry.row, []).append(entry)
+    done = to_send = unknown = 0
+    for recipient in plan.recipients:
+        if recipient.row in plan.invalid:
+            continue
+        journaled = by_row.get(recipient.row, [])
+        fingerprints = {e.row_hash for e in journaled if e.state in DONE and e.row_hash}
+        if fingerprints and fingerprints != {row_hash(recipient.values)}:
+            raise ListChanged(
+                f"{plan.recipients.path}: row {recipient.row} changed since it was sent "
+                f"({', '.join(sorted(e.address for e in journaled))}); rows were probably "
+                "inserted, deleted or sorted. Restore the list, or start over with "
+                "--restart (everyone is sent again) or a new --campaign NAME"
+            )
+        unknown += any(e.state == Status.UNKNOWN.value for e in journaled)
+        if _left(_envelope(plan, recipient), entries, recipient.row, resend_unknown):
+            to_send += 1
+        else:
+            done += 1
+    return Work(len(plan.recipients), done, to_send, unknown, len(plan.invalid))
+
+
+# --- sending ---------------------------------------------------------------------
+
+
 @dataclass
 class MergeResult:
-    """The outcome of every address of every row, and what stopped the run."""
+    """How a run of ``send`` ended."""
 
-    outcomes: list[Outcome]
+    messages: int = 0  # messages handed to the server in this run
     error: SendError | None = None  # the run stopped early on this
-    interrupted: bool = False  # the user pressed Ctrl-C
+    stopped: str = ""  # why the run stopped before the end ("" when it did not)
+
+
+@dataclass(order=True)
+class _Retry:
+    due: float
+    row: int
+    attempt: int = field(compare=False)
+    recipient: Recipient = field(compare=False)
+    message: OutgoingMessage = field(compare=False)
+    targets: list[EnvelopeRecipient] = field(compare=False)
+
+
+class _Run:
+    """One run of ``send``: the loop, with its pacing, retries and journal."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        journal: Journal,
+        client: SmtpClient,
+        settings: SendConfig,
+        stop: StopSignal,
+        on_row: Callable[[list[Outcome]], None],
+        notify: Callable[[str], None],
+    ) -> None:
+        self.plan, self.journal, self.client = plan, journal, client
+        self.settings, self.stop, self.on_row, self.notify = settings, stop, on_row, notify
+        self.pacer = Pacer(settings.rate, settings.batch_size, settings.batch_pause)
+        self.retries: list[_Retry] = []
+        self.result = MergeResult()
+
+    def run(self, resend_unknown: bool) -> MergeResult:
+        entries = self.journal.entries()
+        first_sent = {e.row: e for e in entries.values() if e.message_id}  # identity to keep
+        for recipient in self.plan.recipients:
+            if recipient.row in self.plan.invalid:
+                continue
+            if not self._may_continue():
+                break
+            self._send_due_retries()
+            draft = self.plan.template.render(recipient)
+            targets = _left(check_addresses(draft).envelope, entries, recipient.row, resend_unknown)
+            if not targets:
+                continue
+            earlier = first_sent.get(recipient.row)
+            try:
+                message = build_message(
+                    draft,
+                    message_id=earlier.message_id if earlier else "",
+                    date=earlier.date if earlier else "",
+                )
+            except InvalidRow as error:
+                self.plan.invalid[recipient.row] = invalid_outcomes(recipient.row, draft, error)
+                continue
+            self._deliver(recipient, message, targets, attempt=1)
+        while self.retries and self._may_continue():
+            if self.stop.sleep(self.retries[0].due - time.monotonic()):
+                self._send_due_retries()
+        return self.result
+
+    def _may_continue(self) -> bool:
+        if self.stop.requested:
+            self.result.stopped = self.stop.reason
+            return False
+        limit = self.settings.max_messages
+        if limit and self.result.messages >= limit:
+            self.result.stopped = f"the limit of {limit} messages for one run was reached"
+            return False
+        return True
+
+    def _send_due_retries(self) -> None:
+        while self.retries and self.retries[0].due <= time.monotonic() and self._may_continue():
+            retry = self.retries.pop(0)
+            self._deliver(retry.recipient, retry.message, retry.targets, retry.attempt)
+
+    def _deliver(self, recipient: Recipient, message: OutgoingMessage, targets: list[EnvelopeRecipient], attempt: int) -> None:
+        if self.pacer.batch_done and self.settings.batch_pause:
+            self.notify(f"batch of {self.settings.batch_size} sent; pausing {self.settings.batch_pause:g} s")
+            if not self.stop.sleep(self.settings.batch_pause):
+                return
+            self.client.refresh_after_pause()
+        if not self.pacer.wait(self.stop):
+            return
+        fingerprint = row_hash(recipient.values)
+
+        def in_flight(accepted: list[EnvelopeRecipient]) -> None:
+            marks = [Outcome(message.row, r.field, r.address, Status.UNKNOWN, None, "", message.message_id) for r in accepted]
+            self.journal.mark_in_flight(marks, date=message.date, fingerprint=fingerprint)
+
+        self.pacer.sent()
+        self.result.messages += 1
+        try:
+            outcomes = self.client.send(message, targets, in_flight)
+        except ConnectionLost as lost:
+            self.journal.record(lost.outcomes, date=message.date, fingerprint=fingerprint)
+            self.on_row(lost.outcomes)
+            self.result.error = lost
+            self.stop.request(str(lost))
+            return
+        self.journal.record(outcomes, date=message.date, fingerprint=fingerprint)
+        self.on_row(outcomes)
+        deferred = [r for r in targets if any(o.address == r.address and o.status is Status.DEFERRED for o in outcomes)]
+        retry = self.settings.retry
+        if deferred and attempt <= retry.attempts:
+            delay = retry.delay(attempt)
+            self.retries.append(_Retry(time.monotonic() + delay, message.row, attempt + 1, recipient, message, deferred))
+            self.retries.sort()
+            self.notify(f"row {message.row}: deferred by the server; trying again in {delay:g} s")
 
 
 def send_merge(
     plan: Plan,
+    journal: Journal,
     smtp: SmtpConfig,
     password: str | None = None,
+    settings: SendConfig | None = None,
+    *,
+    stop: StopSignal | None = None,
+    resend_unknown: bool = False,
     on_row: Callable[[list[Outcome]], None] = lambda outcomes: None,
+    notify: Callable[[str], None] = lambda text: None,
 ) -> MergeResult:
-    """Send every valid row of the plan through one SMTP session.
+    """Send what is left of the campaign through one SMTP session.
 
-    Connection and login errors are raised before anything is sent. A lost
-    connection stops the run: the result carries the error, and every row not
-    sent is ``failed``. ``on_row`` is called with each row's outcomes.
+    Skips every address the journal has as sent, refused or unknown (unless
+    ``resend_unknown``); a connection or login error before the first message
+    is raised. Later faults are survived (reconnect, retry) within the bounds
+    of ``settings``; when they are not, the result carries the error.
+    ``on_row`` gets each message's outcomes; ``notify`` gets news for the user.
     """
+    settings = settings or SendConfig()
+    stop = stop or StopSignal()
+    client = SmtpClient(
+        smtp, password, backoff=settings.reconnect, stop=stop,
+        max_per_connection=settings.max_per_connection, notify=notify,
+    )
+    try:
+        result = _Run(plan, journal, client, settings, stop, on_row, notify).run(resend_unknown)
+    except KeyboardInterrupt:
+        client.session.abort()  # a second Ctrl-C: quit at once
+        raise
+    client.close()
+    return result
+
+
+# --- the report of the whole campaign -----------------------------------------------
+
+
+def campaign_outcomes(plan: Plan, entries: dict[tuple[int, str], Entry]) -> list[Outcome]:
+    """Every address of every row, all runs together, in row order: what the
+    journal knows, the invalid rows, and ``failed`` for what was not sent yet."""
+    by_row: dict[int, list[Entry]] = {}
+    for entry in entries.values():
+        by_row.setdefault(entry.row, []).append(entry)
     outcomes: list[Outcome] = []
-    rows = rendered_rows(plan)
-    in_flight: int | None = None
-    with SmtpSession(smtp, password) as session:
-        try:
-            for recipient, message in rows:
-                in_flight = recipient.row
-                if isinstance(message, list):
-                    row_outcomes = message
-                else:
-                    row_outcomes = session.send(message)
-                outcomes.extend(row_outcomes)
-                in_flight = None
-                on_row(row_outcomes)
-        except ConnectionLost as error:
-            outcomes.extend(error.outcomes)
-            on_row(error.outcomes)
-            outcomes.extend(_unsent(rows, f"not sent: the run stopped ({error})"))
-            return MergeResult(outcomes, error=error)
-        except KeyboardInterrupt:
-            session.abort()
-            done = {outcome.row for outcome in outcomes}
-            for recipient in plan.recipients:
-                if recipient.row in done:
-                    continue
-                reason = "not sent: interrupted (Ctrl-C)"
-                if recipient.row == in_flight:
-                    reason = "interrupted (Ctrl-C) while being sent: it may have been delivered"
-                outcomes.extend(_unsent(iter([(recipient, render_row(plan.template, recipient))]), reason))
-            return MergeResult(outcomes, interrupted=True)
-    return MergeResult(outcomes)
-
-
-def _unsent(
-    rows: Iterator[tuple[Recipient, OutgoingMessage | list[Outcome]]], reason: str
-) -> Iterator[Outcome]:
-    """``failed`` outcomes for rows that were never sent (invalid ones stay invalid)."""
-    for recipient, message in rows:
-        if isinstance(message, list):
-            yield from message
+    for recipient in plan.recipients:
+        if recipient.row in plan.invalid:
+            outcomes.extend(plan.invalid[recipient.row])
             continue
-        for r in message.recipients:
-            yield Outcome(recipient.row, r.field, r.address, Status.FAILED, None, reason)
+        journaled = {e.address: e for e in by_row.get(recipient.row, [])}
+        for target in _envelope(plan, recipient):
+            entry = journaled.get(target.address)
+            if entry is None:
+                outcomes.append(Outcome(recipient.row, target.field, target.address, Status.FAILED, None,
+                                        "not sent yet: run the same command again to send it"))
+            elif entry.state == "in_flight":  # the run was killed: the next run will say unknown
+                outcomes.append(Outcome(recipient.row, entry.field, entry.address, Status.UNKNOWN, None,
+                                        "the run stopped while this message was being sent: it may have been delivered",
+                                        entry.message_id))
+            else:
+                outcomes.append(entry.outcome())
+    return outcomes

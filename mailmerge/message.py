@@ -45,6 +45,10 @@ class OutgoingMessage:
     def message_id(self) -> str:
         return str(self.message["Message-ID"])
 
+    @property
+    def date(self) -> str:
+        return str(self.message["Date"])
+
     def as_bytes(self, *, eightbit: bool = True) -> bytes:
         """The message as sent: 8-bit body when the server takes it, else base64."""
         if self.smtputf8:
@@ -57,6 +61,11 @@ class _Checked:
     name: str
     unicode: str  # the address as the person wrote it, normalised
     ascii: str | None  # None when the local part is not ASCII
+
+    @property
+    def envelope(self) -> str:
+        """The address for MAIL FROM / RCPT TO (IDNA domain when it can be ASCII)."""
+        return self.unicode if self.ascii is None else self.ascii
 
 
 def check_address(address: str) -> tuple[str, str | None]:
@@ -101,12 +110,12 @@ class CheckedAddresses:
     reply_to: list[_Checked]
 
     @property
-    def envelope(self) -> list[tuple[str, _Checked]]:
+    def envelope(self) -> list[EnvelopeRecipient]:
         """The recipients the message is delivered to, with their header."""
         return [
-            *(("To", box) for box in self.to),
-            *(("Cc", box) for box in self.cc),
-            *(("Bcc", box) for box in self.bcc),
+            *(EnvelopeRecipient("To", box.envelope) for box in self.to),
+            *(EnvelopeRecipient("Cc", box.envelope) for box in self.cc),
+            *(EnvelopeRecipient("Bcc", box.envelope) for box in self.bcc),
         ]
 
     @property
@@ -132,9 +141,11 @@ def check_addresses(draft: Draft) -> CheckedAddresses:
     )
 
 
-def build_message(draft: Draft) -> OutgoingMessage:
+def build_message(draft: Draft, *, message_id: str = "", date: str = "") -> OutgoingMessage:
     """Build the message and envelope for a draft.
 
+    ``message_id`` and ``date`` are given when the message went out before
+    (a retry in a later run): the same message keeps the same identity.
     Raises :class:`InvalidRow` for an address that is not valid, or a header
     value the email package refuses.
     """
@@ -148,24 +159,21 @@ def build_message(draft: Draft) -> OutgoingMessage:
             if boxes:
                 message[name] = _header_value(boxes, utf8)
         message["Subject"] = draft.subject
-        message["Date"] = formatdate(localtime=True)
+        message["Date"] = date or formatdate(localtime=True)
         # make_msgid() without a domain asks DNS for this machine's name, every call.
-        domain = (sender.ascii or sender.unicode).rsplit("@", 1)[1]
-        message["Message-ID"] = make_msgid(domain=domain)
+        domain = sender.envelope.rsplit("@", 1)[1]
+        message["Message-ID"] = message_id or make_msgid(domain=domain)
         for name, value in draft.other_headers:
             message[name] = value
         message.set_content(draft.body, subtype="plain", charset="utf-8")
     except (ValueError, TypeError) as error:
         raise InvalidRow(f"cannot build the message: {error}") from error
 
-    def envelope_address(box: _Checked) -> str:
-        return box.unicode if box.ascii is None else box.ascii
-
     return OutgoingMessage(
         row=draft.row,
         message=message,
-        sender=envelope_address(sender),
-        recipients=[EnvelopeRecipient(field, envelope_address(box)) for field, box in addresses.envelope],
+        sender=sender.envelope,
+        recipients=addresses.envelope,
         smtputf8=utf8,
     )
 

@@ -12,7 +12,9 @@ class Status(StrEnum):
     SENT = "sent"  # the server accepted it (250 to RCPT and to the end of DATA)
     REFUSED = "refused"  # the server refused it for good (5xx)
     INVALID = "invalid"  # never sent: the row's data cannot make a message
-    FAILED = "failed"  # not sent: a temporary error (4xx) or a lost connection
+    DEFERRED = "deferred"  # the server said "try later" (4xx), more than once
+    UNKNOWN = "unknown"  # the end of DATA went out, no reply came: maybe delivered
+    FAILED = "failed"  # not sent yet: the run stopped before it; the next run sends it
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ def row_status(outcomes: list[Outcome]) -> Status:
     """A row is sent when every address was accepted, invalid when it could not
     be sent because of its data, refused when any address was refused."""
     statuses = {outcome.status for outcome in outcomes}
-    for status in (Status.INVALID, Status.REFUSED, Status.FAILED):
+    for status in (Status.INVALID, Status.REFUSED, Status.UNKNOWN, Status.DEFERRED, Status.FAILED):
         if status in statuses:
             return status
     return Status.SENT

@@ -52,8 +52,8 @@ class Summary:
         return sum(self.counts.values()) == self.counts[Status.SENT]
 
     def line(self) -> str:
-        """``sent N, refused M, invalid K`` (and ``failed F`` when there are any)."""
-        parts = [f"{status.value} {self.counts[status]}" for status in (Status.SENT, Status.REFUSED, Status.INVALID)]
-        if self.counts[Status.FAILED]:
-            parts.append(f"failed {self.counts[Status.FAILED]}")
+        """``sent N, refused M, invalid K``, then the other states that occur."""
+        always = (Status.SENT, Status.REFUSED, Status.INVALID)
+        parts = [f"{status.value} {self.counts[status]}" for status in always]
+        parts += [f"{s.value} {self.counts[s]}" for s in Status if s not in always and self.counts[s]]
         return ", ".join(parts)

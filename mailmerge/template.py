@@ -112,8 +112,9 @@ class _Placeholders:
 class MailTemplate:
     """A parsed template file, ready to render rows into drafts."""
 
-    def __init__(self, path: Path, parts: list[_Part], default_from: str | None) -> None:
+    def __init__(self, path: Path, parts: list[_Part], default_from: str | None, text: str = "") -> None:
         self.path = path
+        self.text = text  # the file's text: part of the campaign's identity
         self._placeholders = _Placeholders()
         self._env = SandboxedEnvironment(
             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
@@ -274,7 +275,7 @@ def load_template(path: Path | str, *, default_from: str | None = None) -> MailT
         ) from error
     if path.suffix.lower() in (".html", ".htm", ".md"):
         raise TemplateError(f"{path}: HTML and Markdown templates are not supported yet; use .txt")
-    return MailTemplate(path, parse_template(text, path), default_from)
+    return MailTemplate(path, parse_template(text, path), default_from, text)
 
 
 def parse_template(text: str, path: Path) -> list[_Part]:

@@ -9,15 +9,18 @@ gets its own outcome with the server's code and text. A 5xx is a refusal; a
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import ssl
+from collections.abc import Callable
 from types import TracebackType
 
 from .config import SmtpConfig
 from .errors import AuthenticationError, ConnectError, ConnectionLost, SendError
-from .message import OutgoingMessage
+from .message import EnvelopeRecipient, OutgoingMessage
 from .outcome import Outcome, Status
+from .pacing import Backoff, StopSignal
 
 # Tried in this order; only ONE is attempted (smtplib's login() tries them all,
 # which counts double against an account's lockout).
@@ -70,6 +73,11 @@ class SmtpSession:
             else:
                 smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
             self._smtp = smtp
+            # The end of DATA goes out as its own small write (after the journal's
+            # in-flight mark): without this, Nagle's algorithm holds it back until
+            # the previous write is acknowledged, 40 ms later.
+            assert smtp.sock is not None
+            smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             smtp.ehlo()
             if config.security == "starttls":
                 if not smtp.has_extn("starttls"):
@@ -154,97 +162,220 @@ class SmtpSession:
 
     # --- sending ----------------------------------------------------------------
 
-    def send(self, message: OutgoingMessage) -> list[Outcome]:
+    @property
+    def is_open(self) -> bool:
+        return self._smtp is not None
+
+    def send(
+        self,
+        message: OutgoingMessage,
+        recipients: list[EnvelopeRecipient] | None = None,
+        before_data_end: Callable[[list[EnvelopeRecipient]], None] | None = None,
+    ) -> list[Outcome]:
         """Send one message; return one :class:`Outcome` per envelope recipient.
 
-        Raises :class:`ConnectionLost` (carrying this message's outcomes) when
-        the connection drops or the server closes it with 421.
+        ``recipients`` narrows the envelope (a retry of deferred addresses).
+        ``before_data_end`` is called with the accepted recipients after the
+        content went out and before the final ``.`` that makes the server take
+        responsibility for the message: the journal marks them in flight there.
+
+        Raises :class:`ConnectionLost` when the connection drops or the server
+        closes it (421). Its outcomes say, per address, whether the message
+        was surely not delivered (``failed``: send it again) or may have been
+        (``unknown``: the end of DATA went out, no reply came).
         """
         smtp = self._smtp
         if smtp is None:
             raise ConnectionLost("the SMTP session is not open")
-        outcomes: dict[str, Outcome] = {}
+        targets = message.recipients if recipients is None else recipients
+        replied: dict[str, Outcome] = {}  # addresses with a final answer of their own
 
-        def settle(address: str, field: str, code: int | None, reply: str) -> None:
-            if code is None:
-                status = Status.FAILED
-            elif code in (250, 251):
-                status = Status.SENT
-            elif 500 <= code < 600:
-                status = Status.REFUSED
-            else:
-                status = Status.FAILED
-            outcomes[address] = Outcome(
-                message.row, field, address, status, code, reply, message.message_id
-            )
+        def outcome(r: EnvelopeRecipient, status: Status, code: int | None, reason: str) -> Outcome:
+            return Outcome(message.row, r.field, r.address, status, code, reason, message.message_id)
 
-        def settle_rest(code: int | None, reply: str) -> list[Outcome]:
-            # Addresses refused at RCPT keep their refusal; the others (unsent, or
-            # accepted at RCPT but then lost with the message) take this reply.
-            for recipient in message.recipients:
-                if recipient.address not in outcomes or outcomes[recipient.address].status is Status.SENT:
-                    settle(recipient.address, recipient.field, code, reply)
-            return [outcomes[r.address] for r in message.recipients]
+        def settle(status: Status, code: int | None, reason: str) -> list[Outcome]:
+            """Every target without an answer of its own gets this one."""
+            return [replied.get(r.address) or outcome(r, status, code, reason) for r in targets]
 
         if message.smtputf8 and not smtp.has_extn("smtputf8"):
             reason = (
                 "not sent: the message has an internationalized address and the "
                 "server does not accept them (no SMTPUTF8)"
             )
-            return [
-                Outcome(
-                    message.row,
-                    r.field,
-                    r.address,
-                    Status.REFUSED if not r.address.isascii() else Status.FAILED,
-                    None,
-                    reason,
-                    message.message_id,
-                )
-                for r in message.recipients
-            ]
+            return settle(Status.REFUSED, None, reason)
 
         eightbit = smtp.has_extn("8bitmime")
         options = ["BODY=8BITMIME"] if eightbit else []
         if message.smtputf8:
             options.append("SMTPUTF8")
+        end_of_data_sent = False
         try:
             code, reply = smtp.mail(message.sender, options)
             if code != 250:
-                return self._after_error(code, _text(reply), settle_rest)
+                return self._not_accepted(code, _text(reply), settle)
             accepted = []
-            for recipient in message.recipients:
-                code, reply = smtp.rcpt(recipient.address)
-                if code == 421:
-                    return self._after_error(code, _text(reply), settle_rest)
-                settle(recipient.address, recipient.field, code, _text(reply))
+            for r in targets:
+                code, reply = smtp.rcpt(r.address)
                 if code in (250, 251):
-                    accepted.append(recipient)
+                    accepted.append(r)
+                elif code == 421:
+                    return self._not_accepted(code, _text(reply), settle)
+                else:
+                    replied[r.address] = outcome(r, status_of(code), code, _text(reply))
             if not accepted:
-                smtp.rset()
-                return [outcomes[r.address] for r in message.recipients]
-            code, reply = smtp.data(message.as_bytes(eightbit=eightbit))
-            if code != 250:
-                return self._after_error(code, _text(reply), settle_rest)
-            for recipient in accepted:
-                settle(recipient.address, recipient.field, code, _text(reply))
-            return [outcomes[r.address] for r in message.recipients]
-        except smtplib.SMTPDataError as error:  # DATA itself was not answered 354
-            return self._after_error(error.smtp_code, _text(error.smtp_error), settle_rest)
+                self._reset()
+                return settle(Status.FAILED, None, "")  # every target has its answer
+            code, reply = smtp.docmd("DATA")
+            if code != 354:
+                return self._not_accepted(code, _text(reply), settle)
+            smtp.send(_dot_stuffed(message.as_bytes(eightbit=eightbit)))
+            if before_data_end is not None:
+                before_data_end(accepted)
+            end_of_data_sent = True
+            smtp.send(b".\r\n")
+            code, reply = smtp.getreply()
+            if code == 250:
+                return settle(Status.SENT, code, _text(reply))
+            return self._not_accepted(code, _text(reply), settle)
         except (smtplib.SMTPServerDisconnected, OSError) as error:
             self.abort()
-            lost = settle_rest(None, f"not sent: the connection was lost ({error})")
-            raise ConnectionLost(f"the connection to {self.config.host} was lost: {error}", lost) from error
+            if end_of_data_sent:
+                lost = settle(
+                    Status.UNKNOWN,
+                    None,
+                    f"the connection was lost ({error or 'closed'}) after the message was sent and "
+                    "before the server confirmed it: it may have been delivered",
+                )
+            else:
+                lost = settle(Status.FAILED, None, f"not sent: the connection was lost ({error or 'closed'})")
+            raise ConnectionLost(f"the connection to {self.config.host} was lost: {error or 'closed'}", lost) from error
 
-    def _after_error(self, code: int, reply: str, settle_rest) -> list[Outcome]:  # type: ignore[no-untyped-def]
-        """A non-250 reply to MAIL or DATA (or a 421 anywhere): settle the rest."""
-        results: list[Outcome] = settle_rest(code, reply)
-        if code == 421:
+    def _not_accepted(self, code: int, reply: str, settle: Callable[[Status, int | None, str], list[Outcome]]) -> list[Outcome]:
+        """A reply other than 250 to MAIL or DATA, or a 421 anywhere."""
+        if code == 421:  # the server closes the session: not a refusal, send again
+            results = settle(Status.FAILED, code, f"not sent: {reply}")
             self.abort()
             raise ConnectionLost(f"{self.config.host} closed the session: {code} {reply}", results)
-        try:
-            assert self._smtp is not None
-            self._smtp.rset()
-        except (smtplib.SMTPException, OSError):
-            pass
+        results = settle(status_of(code), code, reply)
+        self._reset()
         return results
+
+    def _reset(self) -> None:
+        try:
+            if self._smtp is not None:
+                self._smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            self.abort()
+
+    def noop(self) -> bool:
+        """Check the session is alive (after a long pause)."""
+        try:
+            return self._smtp is not None and self._smtp.noop()[0] == 250
+        except (smtplib.SMTPException, OSError):
+            self.abort()
+            return False
+
+
+def status_of(code: int) -> Status:
+    """5xx is final (refused); any other non-2xx reply is temporary (deferred)."""
+    if 200 <= code < 300:
+        return Status.SENT
+    return Status.REFUSED if 500 <= code < 600 else Status.DEFERRED
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The message as DATA content: CRLF line ends, leading dots doubled (RFC 5321 4.5.2)."""
+    data = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", data)
+    data = re.sub(rb"(?m)^\.", b"..", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+class SmtpClient:
+    """The session of a whole run, kept open across faults.
+
+    Opens the session when first needed; after a dropped connection, a
+    timeout or a 421 it reconnects (TLS and AUTH again) with exponential
+    backoff and sends what was surely not delivered again; it also starts a
+    fresh session after ``max_per_connection`` messages. A wrong password is
+    never retried.
+    """
+
+    def __init__(
+        self,
+        config: SmtpConfig,
+        password: str | None,
+        *,
+        backoff: Backoff,
+        stop: StopSignal,
+        max_per_connection: int = 0,
+        notify: Callable[[str], None] = lambda text: None,
+    ) -> None:
+        self.session = SmtpSession(config, password)
+        self.backoff = backoff
+        self.stop = stop
+        self.max_per_connection = max_per_connection
+        self.notify = notify
+        self.connections = 0
+        self._sent_on_connection = 0
+
+    def send(
+        self,
+        message: OutgoingMessage,
+        recipients: list[EnvelopeRecipient] | None = None,
+        before_data_end: Callable[[list[EnvelopeRecipient]], None] | None = None,
+    ) -> list[Outcome]:
+        """Send like :meth:`SmtpSession.send`, reconnecting as needed.
+
+        Raises :class:`ConnectionLost` (with every address's outcome) when the
+        server stays unreachable after the last attempt, or a stop was asked
+        for while waiting to reconnect.
+        """
+        pending = list(message.recipients if recipients is None else recipients)
+        settled: list[Outcome] = []
+        error: SendError | None = None
+        for attempt in range(self.backoff.attempts + 1):
+            if attempt and not self._wait(attempt, error):
+                break
+            try:
+                self._ensure_open()
+                results = self.session.send(message, pending, before_data_end)
+                self._sent_on_connection += 1
+                return settled + results
+            except ConnectionLost as lost:
+                error = lost
+                settled += [o for o in lost.outcomes if o.status is not Status.FAILED]
+                retry = {o.address for o in lost.outcomes if o.status is Status.FAILED}
+                pending = [r for r in pending if r.address in retry]
+                if not pending:
+                    return settled
+            except ConnectError as failure:
+                if self.connections == 0:
+                    raise  # the first connection: a setting is wrong, say so now
+                error = failure
+        failed = [
+            Outcome(message.row, r.field, r.address, Status.FAILED, None,
+                    f"not sent: {error or 'stopped'}", message.message_id)
+            for r in pending
+        ]
+        raise ConnectionLost(f"gave up after {self.backoff.attempts} reconnection attempts: {error}", settled + failed)
+
+    def _wait(self, attempt: int, error: SendError | None) -> bool:
+        delay = self.backoff.delay(attempt)
+        self.notify(f"{error}; reconnecting in {delay:g} s (attempt {attempt} of {self.backoff.attempts})")
+        return self.stop.sleep(delay)
+
+    def _ensure_open(self) -> None:
+        if self.session.is_open and self.max_per_connection and self._sent_on_connection >= self.max_per_connection:
+            self.session.close()  # the server limits messages per session
+        if not self.session.is_open:
+            self.session.open()
+            self.connections += 1
+            self._sent_on_connection = 0
+
+    def refresh_after_pause(self) -> None:
+        """After a long pause: keep the session if it still answers, else drop it."""
+        if self.session.is_open and not self.session.noop():
+            self.session.abort()
+
+    def close(self) -> None:
+        self.session.close()

@@ -48,6 +48,8 @@ def write_config(folder: Path, server: SmtpTestServer, **smtp: Any) -> Path:
     settings.update(smtp)
     lines = ["[smtp]"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items() if value is not None]
+    # Retries and reconnections after a few milliseconds, not the real seconds.
+    lines += ["", "[send]", "reconnect_delay = 0.01", "retry_delay = 0.01"]
     lines += ["", "[message]", 'from = "Book Club <club@example.com>"', ""]
     path = folder / "mailmerge.toml"
     path.write_text("\n".join(lines), encoding="utf-8")

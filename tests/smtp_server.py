@@ -14,6 +14,7 @@ No pytest import here: ``bench/`` scripts import this module too.
 """
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import shutil
@@ -21,6 +22,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -44,6 +46,7 @@ class ReceivedMessage:
     rcpt_tos: list[str]
     mail_options: list[str]  # e.g. ["SMTPUTF8", "BODY=8BITMIME"]
     data: bytes = field(repr=False)  # raw message bytes as received (CRLF line ends)
+    received_at: float = field(default_factory=time.monotonic)  # when its DATA ended
 
     @property
     def message(self) -> EmailMessage:
@@ -65,17 +68,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass
+class Faults:
+    """What the server does wrong on purpose, the way real servers do."""
+
+    refuse: set[str] = field(default_factory=set)  # 550 to RCPT of these addresses
+    defer: set[str] = field(default_factory=set)  # 451 to RCPT of these, every time
+    defer_once: set[str] = field(default_factory=set)  # 451 to their first RCPT, 250 later
+    refuse_senders: set[str] = field(default_factory=set)  # 553 to MAIL FROM these
+    reject_data_with: bytes | None = None  # 554 to the end of DATA when the content holds this
+    session_limit: int | None = None  # 421 to MAIL once a session carried this many messages
+    drop_after: int | None = None  # close the connection at MAIL once a session carried this many
+    drop_at_data: set[int] = field(default_factory=set)  # close instead of answering these DATAs (1-based)
+    reply_delay: float = 0.0  # seconds before answering the end of DATA
+
+    def __post_init__(self) -> None:
+        for name in ("refuse", "defer", "defer_once", "refuse_senders"):
+            setattr(self, name, {address.lower() for address in getattr(self, name)})
+
+
 class _Handler:
-    """aiosmtpd handler: refuses some recipients, stores messages, counts STARTTLS."""
+    """aiosmtpd handler: applies the faults, stores messages, counts STARTTLS."""
 
     def __init__(self, owner: SmtpTestServer) -> None:
         self.owner = owner
+        self.faults = owner.faults
+        self.data_count = 0  # ends of DATA received, over all sessions
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        if address.lower() in self.owner.refused:
+        key = address.lower()
+        if key in self.faults.refuse:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
-        if address.lower() in self.owner.deferred:
+        if key in self.faults.defer:
+            return f"451 4.7.1 <{address}>: Greylisted, try again later"
+        if key in self.faults.defer_once:
+            self.faults.defer_once.discard(key)
             return f"451 4.7.1 <{address}>: Greylisted, try again later"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -83,28 +111,35 @@ class _Handler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
-        limit = self.owner.reply_421_after
-        if limit is not None and len(self.owner.messages) >= limit:
-            return "421 4.7.0 Too many messages, try again later"
-        if address.lower() in self.owner.refused_senders:
+        carried = getattr(session, "carried", 0)
+        if self.faults.session_limit is not None and carried >= self.faults.session_limit:
+            return "421 4.7.0 Too many messages in this session, try again later"
+        if self.faults.drop_after is not None and carried >= self.faults.drop_after:
+            assert server.transport is not None
+            server.transport.close()  # as if the network went away
+            return "451 never seen by the client"
+        if address.lower() in self.faults.refuse_senders:
             return f"553 5.7.1 <{address}>: Sender address rejected: not owned by user"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        limit = self.owner.drop_after
-        if limit is not None and len(self.owner.messages) >= limit:
-            assert server.transport is not None
-            server.transport.close()  # drop the TCP connection before any reply
-            return "451 never seen by the client"
-        marker = self.owner.reject_data_with
+        self.data_count += 1
+        marker = self.faults.reject_data_with
         if marker is not None and marker in (envelope.original_content or b""):
             return "554 5.7.1 Message rejected as spam"
+        session.carried = getattr(session, "carried", 0) + 1  # type: ignore[attr-defined]
         self.owner.messages.append(ReceivedMessage(  # decode_data is off: bytes
             mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
             mail_options=list(envelope.mail_options),
             data=bytes(envelope.original_content or b"")))
+        if self.data_count in self.faults.drop_at_data:
+            assert server.transport is not None
+            server.transport.close()  # the message was taken; its 250 never leaves
+            return "250 never seen by the client"
+        if self.faults.reply_delay:
+            await asyncio.sleep(self.faults.reply_delay)
         return "250 OK"
 
     def handle_STARTTLS(self, server: SMTP, session: Session, envelope: Envelope) -> bool:
@@ -146,21 +181,15 @@ class SmtpTestServer:
     host: str = HOST
 
     def __init__(self, *, tls: bool = False, auth: dict[str, str] | None = None,
-                 refuse: Iterable[str] = (), defer: Iterable[str] = (), smtputf8: bool = True,
+                 refuse: Iterable[str] = (), smtputf8: bool = True,
                  cert_dir: Path | None = None, implicit_tls: bool = False,
-                 drop_after: int | None = None, reply_421_after: int | None = None,
-                 refuse_senders: Iterable[str] = (), reject_data_with: bytes | None = None) -> None:
+                 faults: Faults | None = None) -> None:
         if tls and implicit_tls:
             raise ValueError("choose STARTTLS (tls) or SMTPS (implicit_tls), not both")
         self.tls, self.implicit_tls, self.smtputf8 = tls, implicit_tls, smtputf8
         self.auth = dict(auth) if auth is not None else None
-        self.refused = {addr.lower() for addr in refuse}  # 550 at RCPT
-        self.deferred = {addr.lower() for addr in defer}  # 451 at RCPT
-        self.refused_senders = {addr.lower() for addr in refuse_senders}  # 553 at MAIL
-        self.reject_data_with = reject_data_with  # 554 at the end of DATA if found
-        # Faults: drop the connection at the DATA of message N+1 (nothing
-        # replied), or answer 421 to MAIL once N messages were received.
-        self.drop_after, self.reply_421_after = drop_after, reply_421_after
+        self.faults = faults or Faults()
+        self.faults.refuse |= {address.lower() for address in refuse}
         self.cert_dir = cert_dir
         self.port = 0
         self.ca_file: Path | None = None

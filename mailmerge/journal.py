@@ -1,0 +1,274 @@
+"""The journal: what became of every address of every row, across runs.
+
+A SQLite file (``.mailmerge/journal.sqlite3`` beside the list, WAL mode) holds
+one line per (campaign, row, address). Each state is committed right after the
+server's reply, so a run that dies (Ctrl-C, ``kill -9``, a crash, a lost
+network) loses nothing the server acknowledged, and the next run of the same
+command sends only what is left.
+
+At most once: before the end of a message's DATA goes out, its addresses are
+marked ``in_flight`` and that mark is synced to disk (``synchronous=FULL``).
+A mark still there when the next run starts means the process died between
+the end of DATA and the server's reply: that message is ``unknown``, and it is
+never sent again unless asked (``--resend-unknown``). Other writes use
+``synchronous=NORMAL``: a killed process loses none of them, and a power cut
+can only lose a result whose message is then ``unknown`` (its in-flight mark
+was synced), never resent.
+
+The password is never written here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MailmergeError
+from .outcome import Outcome, Status
+
+JOURNAL_FOLDER = ".mailmerge"
+JOURNAL_FILE = "journal.sqlite3"
+IN_FLIGHT = "in_flight"  # internal: the end of DATA may have gone out
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    campaign   TEXT NOT NULL,
+    row        INTEGER NOT NULL,
+    address    TEXT NOT NULL,
+    field      TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    code       INTEGER,
+    reason     TEXT NOT NULL DEFAULT '',
+    message_id TEXT NOT NULL DEFAULT '',
+    date       TEXT NOT NULL DEFAULT '',
+    row_hash   TEXT NOT NULL DEFAULT '',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    updated    REAL NOT NULL,
+    PRIMARY KEY (campaign, row, address)
+);
+CREATE TABLE IF NOT EXISTS campaigns (
+    id       TEXT PRIMARY KEY,
+    list     TEXT NOT NULL,
+    template TEXT NOT NULL,
+    created  REAL NOT NULL
+);
+"""
+
+
+class CampaignLocked(MailmergeError):
+    """Another run of the same campaign holds the lock."""
+
+    exit_code = 1
+
+
+class ListChanged(MailmergeError):
+    """A row that was already sent no longer holds the same values."""
+
+    exit_code = 2
+
+
+def campaign_id(list_path: Path, template_text: str, name: str | None = None) -> str:
+    """``name`` when given, else a hash of the list's path and the template's text."""
+    if name:
+        return name
+    digest = hashlib.sha256()
+    digest.update(str(list_path.resolve()).encode("utf-8", "surrogateescape"))
+    digest.update(b"\0")
+    digest.update(template_text.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
+def row_hash(values: dict[str, str]) -> str:
+    """A fingerprint of a row's values, to notice a list edited between runs."""
+    text = json.dumps(values, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def journal_folder(list_path: Path) -> Path:
+    """Where a list's journal lives: ``.mailmerge/`` beside it."""
+    return list_path.parent / JOURNAL_FOLDER
+
+
+def read_entries(folder: Path, campaign: str) -> dict[tuple[int, str], Entry]:
+    """A campaign's lines without creating anything (empty when there is no journal)."""
+    if not (folder / JOURNAL_FILE).is_file():
+        return {}
+    with Journal(folder, campaign) as journal:
+        return journal.entries()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The journal's line for one address of one row."""
+
+    row: int
+    address: str
+    field: str
+    state: str  # a Status value, or IN_FLIGHT
+    code: int | None
+    reason: str
+    message_id: str
+    date: str
+    row_hash: str
+    attempts: int
+
+    def outcome(self) -> Outcome:
+        return Outcome(self.row, self.field, self.address, Status(self.state), self.code, self.reason, self.message_id)
+
+
+class Journal:
+    """One campaign's view of the journal file. Use as a context manager."""
+
+    def __init__(self, folder: Path, campaign: str) -> None:
+        self.folder = folder
+        self.campaign = campaign
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / JOURNAL_FILE
+        # Autocommit: every write below is its own short, explicit transaction.
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock_file: int | None = None
+
+    # --- the lock --------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the campaign's lock (released by the kernel if the process dies)."""
+        path = self.folder / f"{self.campaign}.lock"
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(handle, 32).decode(errors="replace").strip() or "another process"
+            os.close(handle)
+            raise CampaignLocked(
+                f"this campaign is being sent by another run (pid {holder}); "
+                "wait for it to finish, or stop it first"
+            ) from None
+        os.ftruncate(handle, 0)
+        os.write(handle, str(os.getpid()).encode())
+        self._lock_file = handle
+
+    def close(self) -> None:
+        if self._lock_file is not None:
+            os.close(self._lock_file)  # releases the lock
+            self._lock_file = None
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading -----------------------------------------------------------------
+
+    def entries(self) -> dict[tuple[int, str], Entry]:
+        """Every line of this campaign, by (row, address)."""
+        cursor = self._db.execute(
+            "SELECT row, address, field, state, code, reason, message_id, date, row_hash, attempts "
+            "FROM deliveries WHERE campaign = ?",
+            (self.campaign,),
+        )
+        return {(r[0], r[1]): Entry(*r) for r in cursor}
+
+    def other_campaigns(self, list_path: Path) -> list[tuple[str, int]]:
+        """Other campaigns of the same list with messages sent: (id, count)."""
+        cursor = self._db.execute(
+            "SELECT c.id, COUNT(d.row) FROM campaigns c JOIN deliveries d ON d.campaign = c.id "
+            "WHERE c.list = ? AND c.id != ? AND d.state = 'sent' GROUP BY c.id",
+            (str(list_path.resolve()), self.campaign),
+        )
+        return [(row[0], row[1]) for row in cursor]
+
+    # --- writing -----------------------------------------------------------------
+
+    def register(self, list_path: Path, template_path: Path) -> None:
+        """Remember which list and template this campaign is (first run only)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO campaigns (id, list, template, created) VALUES (?, ?, ?, ?)",
+            (self.campaign, str(list_path.resolve()), str(template_path.resolve()), time.time()),
+        )
+
+    def recover(self) -> int:
+        """Turn the in-flight marks of a run that died into ``unknown``; return how many."""
+        cursor = self._db.execute(
+            "UPDATE deliveries SET state = 'unknown', reason = ?, updated = ? "
+            "WHERE campaign = ? AND state = ?",
+            (
+                "the run stopped after the message was sent and before the server "
+                "confirmed it: it may have been delivered",
+                time.time(),
+                self.campaign,
+                IN_FLIGHT,
+            ),
+        )
+        return cursor.rowcount
+
+    def mark_in_flight(self, outcomes: Iterable[Outcome], *, date: str, fingerprint: str) -> None:
+        """Mark addresses whose message's end of DATA is about to go out; synced to disk."""
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            self._write(outcomes, IN_FLIGHT, date=date, fingerprint=fingerprint, attempt=1)
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def record(self, outcomes: Iterable[Outcome], *, date: str = "", fingerprint: str = "") -> None:
+        """Write each outcome's state (one transaction)."""
+        self._write(outcomes, None, date=date, fingerprint=fingerprint, attempt=0)
+
+    def _write(
+        self, outcomes: Iterable[Outcome], state: str | None, *, date: str, fingerprint: str, attempt: int
+    ) -> None:
+        now = time.time()
+        rows = [
+            (
+                self.campaign, o.row, o.address, o.field, state or o.status.value, o.code,
+                o.reason, o.message_id, date, fingerprint, attempt, now,
+            )
+            for o in outcomes
+        ]
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO deliveries (campaign, row, address, field, state, code, reason, "
+                "message_id, date, row_hash, attempts, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (campaign, row, address) DO UPDATE SET "
+                "field = excluded.field, state = excluded.state, code = excluded.code, "
+                "reason = excluded.reason, "
+                "message_id = CASE WHEN excluded.message_id != '' THEN excluded.message_id ELSE message_id END, "
+                "date = CASE WHEN excluded.date != '' THEN excluded.date ELSE date END, "
+                "row_hash = CASE WHEN excluded.row_hash != '' THEN excluded.row_hash ELSE row_hash END, "
+                "attempts = attempts + excluded.attempts, updated = excluded.updated",
+                rows,
+            )
+
+    def restart(self) -> int:
+        """Forget this campaign (``--restart``); return how many lines were removed."""
+        with self._transaction():
+            cursor = self._db.execute("DELETE FROM deliveries WHERE campaign = ?", (self.campaign,))
+        return cursor.rowcount
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")

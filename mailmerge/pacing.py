@@ -1,0 +1,127 @@
+"""Time in a long send: the rate, batch pauses, backoff, and Ctrl-C.
+
+Every wait here is a wait on :class:`StopSignal`, so a pause of ten minutes
+ends at once when the user presses Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+
+from .errors import ConfigError
+
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int, what: str = "duration") -> float:
+    """``"10m"``, ``"30s"``, ``"1h"``, ``"1.5"`` (seconds) -> seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", text.lower())
+        if not match or match.group(2) not in ("", *_UNITS):
+            raise ConfigError(f"{what} '{text}' is not a duration such as 30s, 10m or 1h")
+        seconds = float(match.group(1)) * _UNITS.get(match.group(2), 1.0)
+    if seconds < 0:
+        raise ConfigError(f"{what} cannot be negative")
+    return seconds
+
+
+def parse_rate(text: str) -> float:
+    """``"20/min"``, ``"2/s"``, ``"500/h"`` -> seconds between two messages."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*", text.lower())
+    if not match or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
+        raise ConfigError(f"rate '{text}' is not a rate such as 20/min, 2/s or 500/h")
+    return _UNITS[match.group(2)] / float(match.group(1))
+
+
+class StopSignal:
+    """Set by the first Ctrl-C (SIGINT) or SIGTERM: finish the message in
+    flight, then stop. A second Ctrl-C raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def request(self, reason: str) -> None:
+        self.reason = self.reason or reason
+        self._event.set()
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; return False when a stop was requested."""
+        if seconds > 0:
+            self._event.wait(seconds)
+        return not self._event.is_set()
+
+    @contextmanager
+    def installed(self) -> Iterator[StopSignal]:
+        """Handle SIGINT and SIGTERM while the block runs (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+
+        def handle(number: int, frame: FrameType | None) -> None:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.request("interrupted (Ctrl-C)" if number == signal.SIGINT else "stopped (SIGTERM)")
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+@dataclass
+class Pacer:
+    """Spaces messages: at most one every ``interval`` seconds (a token bucket
+    holding one token: no burst at the start), and a pause of ``batch_pause``
+    after every ``batch_size`` messages."""
+
+    interval: float = 0.0
+    batch_size: int = 0
+    batch_pause: float = 0.0
+    _last: float | None = None
+    _sent: int = 0
+
+    def wait(self, stop: StopSignal) -> bool:
+        """Wait until the next message may go; False when a stop was requested."""
+        if self._last is not None and self.interval > 0:
+            if not stop.sleep(self._last + self.interval - time.monotonic()):
+                return False
+        return not stop.requested
+
+    def sent(self) -> None:
+        """Count a message that went out now."""
+        self._last = time.monotonic()
+        self._sent += 1
+
+    @property
+    def batch_done(self) -> bool:
+        """True right after the last message of a batch (before the next one)."""
+        return self.batch_size > 0 and self._sent > 0 and self._sent % self.batch_size == 0
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: ``initial``, doubling, at most ``maximum``, ``attempts`` times."""
+
+    initial: float
+    maximum: float
+    attempts: int
+
+    def delay(self, attempt: int) -> float:
+        """The wait before attempt number ``attempt`` (1 is the first retry)."""
+        return min(self.maximum, self.initial * (2 ** max(attempt - 1, 0)))
