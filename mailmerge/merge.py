@@ -256,7 +256,6 @@ class _Run:
             marks = [Outcome(message.row, r.field, r.address, Status.UNKNOWN, None, "", message.message_id) for r in accepted]
             self.journal.mark_in_flight(marks, date=message.date, fingerprint=fingerprint)
 
-        self.pacer.sent()
         self.result.messages += 1
         try:
             outcomes = self.client.send(message, targets, in_flight)
@@ -266,6 +265,9 @@ class _Run:
             self.result.error = lost
             self.stop.request(str(lost))
             return
+        # Spacing counts from the server's reply, so the provider never sees two
+        # messages closer than the rate (the first one also opened the session).
+        self.pacer.sent()
         self.journal.record(outcomes, date=message.date, fingerprint=fingerprint)
         self.on_row(outcomes)
         deferred = [r for r in targets if any(o.address == r.address and o.status is Status.DEFERRED for o in outcomes)]

@@ -1,0 +1,276 @@
+"""A send survives crashes, dropped connections and busy servers, and never
+sends a message twice: faults injected into a real SMTP server on 127.0.0.1,
+real processes killed with real signals."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import csv
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PASSWORD, USER, run_cli, write_config, write_template, write_xlsx
+from smtp_server import Faults, SmtpTestServer
+
+from mailmerge.journal import JOURNAL_FILE, Journal, campaign_id
+
+TEMPLATE = "From: Club <club@example.com>\nSubject: News for {{ name }}\nTo: {{ name }} <{{ email }}>\n\nHello {{ name }}\n"
+
+
+def make_list(folder: Path, count: int) -> tuple[Path, Path, list[str]]:
+    addresses = [f"member{i:03d}@example.com" for i in range(count)]
+    xlsx = write_xlsx(folder / "list.xlsx", ("name", "email"), [(f"Member {i}", a) for i, a in enumerate(addresses)])
+    return xlsx, write_template(folder / "news.txt", TEMPLATE), addresses
+
+
+def report_states(folder: Path) -> dict[str, str]:
+    with (folder / "list.report.csv").open(encoding="utf-8-sig", newline="") as handle:
+        return {row["address"]: row["status"] for row in csv.DictReader(handle)}
+
+
+def journal_states(folder: Path) -> dict[str, str]:
+    with sqlite3.connect(folder / ".mailmerge" / JOURNAL_FILE) as db:
+        return dict(db.execute("SELECT address, state FROM deliveries"))
+
+
+def arrivals(server: SmtpTestServer) -> collections.Counter[str]:
+    return collections.Counter(server.recipients())
+
+
+def test_every_recipient_arrives_once_across_a_drop_a_421_and_a_451(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 200)
+    faults = Faults(
+        drop_after=70,  # the network goes away after 70 messages of a session
+        session_limit=50,  # ...and the server allows 50 a session anyway (421)
+        defer_once={addresses[10], addresses[120]},  # greylisting: 451 once
+    )
+    with SmtpTestServer(faults=faults) as server:
+        write_config(tmp_path, server, security="none", username=None)
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert run.exit_code == 0, run.output
+    assert arrivals(server) == collections.Counter(addresses)  # each exactly once
+    assert server.connections >= 4  # it reconnected by itself
+    assert set(report_states(tmp_path).values()) == {"sent"}
+    assert "sent 200, refused 0, invalid 0" in run.stdout
+
+
+def test_a_drop_after_the_end_of_data_is_unknown_and_never_resent(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 20)
+    with SmtpTestServer(faults=Faults(drop_at_data={5})) as server:
+        write_config(tmp_path, server, security="none", username=None)
+        first = run_cli("send", xlsx, "-t", template, "--yes")
+        second = run_cli("send", xlsx, "-t", template, "--yes")
+
+        assert arrivals(server) == collections.Counter(addresses)  # the 5th arrived once
+        states = report_states(tmp_path)
+        assert states[addresses[4]] == "unknown"
+        assert [a for a, s in states.items() if s != "sent"] == [addresses[4]]
+        assert first.exit_code == 3 and "unknown 1" in first.stdout
+        assert second.exit_code == 3 and "Nothing left to send" in second.stderr
+
+        again = run_cli("send", xlsx, "-t", template, "--yes", "--resend-unknown")
+        assert again.exit_code == 0, again.output
+        assert arrivals(server)[addresses[4]] == 2  # only because it was asked for
+        assert sum(arrivals(server).values()) == 21
+
+
+def test_a_killed_run_is_finished_by_the_next_one_without_duplicates(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 200)
+    with SmtpTestServer(tls=True, auth={USER: PASSWORD}, faults=Faults(reply_delay=0.01)) as server:
+        write_config(tmp_path, server)
+        child = start_send(xlsx, template)
+        wait_for(lambda: len(server.messages) >= 40)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        killed_at = len(server.messages)
+        assert killed_at < 200
+
+        second = run_cli("send", xlsx, "-t", template, "--yes")
+
+    received = arrivals(server)
+    assert max(received.values()) == 1  # nobody twice
+    states = report_states(tmp_path)
+    unknown = [a for a, s in states.items() if s == "unknown"]
+    assert len(unknown) <= 1  # at most the message in flight at the kill
+    assert set(received) | set(unknown) == set(addresses)
+    assert second.exit_code == (3 if unknown else 0), second.output
+    assert "already sent" in second.stderr
+
+
+def test_ctrl_c_finishes_the_message_in_flight_and_exits_130(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 100)
+    with SmtpTestServer(faults=Faults(reply_delay=0.05)) as server:
+        write_config(tmp_path, server, security="none", username=None)
+        child = start_send(xlsx, template)
+        wait_for(lambda: len(server.messages) >= 10)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=20)
+        received = arrivals(server)
+
+        assert child.returncode == 130, err
+        assert "run the same command again" in err
+        journal = journal_states(tmp_path)
+        assert "in_flight" not in journal.values() and "unknown" not in journal.values()
+        assert {a for a, s in journal.items() if s == "sent"} == set(received)
+        assert len(received) < 100
+
+        second = run_cli("send", xlsx, "-t", template, "--yes")
+        assert second.exit_code == 0, second.output
+        assert arrivals(server) == collections.Counter(addresses)
+
+
+def test_ctrl_c_wakes_a_long_batch_pause_at_once(tmp_path: Path) -> None:
+    xlsx, template, _ = make_list(tmp_path, 10)
+    with SmtpTestServer() as server:
+        write_config(tmp_path, server, security="none", username=None)
+        child = start_send(xlsx, template, "--batch-size", "2", "--batch-pause", "10m")
+        wait_for(lambda: len(server.messages) >= 2)
+        time.sleep(0.3)  # now in the pause
+        started = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=20)
+
+    assert child.returncode == 130
+    assert time.monotonic() - started < 5
+    assert len(server.messages) == 2
+
+
+def test_rate_spaces_messages_evenly(tmp_path: Path) -> None:
+    xlsx, template, _ = make_list(tmp_path, 6)
+    with SmtpTestServer() as server:
+        write_config(tmp_path, server, security="none", username=None)
+        run = run_cli("send", xlsx, "-t", template, "--yes", "--rate", "10/s")
+
+    assert run.exit_code == 0, run.output
+    times = [m.received_at for m in server.messages]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(gaps) == 5 and min(gaps) >= 0.08, gaps  # 0.1 s apart, generous bound
+
+
+def test_batches_pause_between_them(tmp_path: Path) -> None:
+    xlsx, template, _ = make_list(tmp_path, 5)
+    with SmtpTestServer() as server:
+        write_config(tmp_path, server, security="none", username=None)
+        run = run_cli("send", xlsx, "-t", template, "--yes", "--batch-size", "2", "--batch-pause", "0.4s")
+
+    assert run.exit_code == 0, run.output
+    times = [m.received_at for m in server.messages]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[1] >= 0.35 and gaps[3] >= 0.35, gaps  # after messages 2 and 4
+    assert gaps[0] < 0.3 and gaps[2] < 0.3, gaps
+
+
+def test_max_messages_stops_cleanly_and_the_next_run_goes_on(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 7)
+    with SmtpTestServer() as server:
+        write_config(tmp_path, server, security="none", username=None)
+        first = run_cli("send", xlsx, "-t", template, "--yes", "--max-messages", "3")
+        assert len(server.messages) == 3
+        second = run_cli("send", xlsx, "-t", template, "--yes", "--max-messages", "3")
+        third = run_cli("send", xlsx, "-t", template, "--yes", "--max-messages", "3")
+
+    assert first.exit_code == 3 and "limit of 3 messages" in first.stderr
+    assert "3 of 7 already sent; sending the other 4" in second.stderr
+    assert third.exit_code == 0, third.output
+    assert arrivals(server) == collections.Counter(addresses)
+
+
+def test_a_recipient_deferred_every_time_ends_deferred_and_is_tried_next_run(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 3)
+    grey = addresses[1]
+    with SmtpTestServer(faults=Faults(defer={grey})) as server:
+        write_config(tmp_path, server, security="none", username=None)
+        first = run_cli("send", xlsx, "-t", template, "--yes")
+        server.faults.defer.clear()  # the greylisting ends
+        second = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert first.exit_code == 3 and "deferred 1" in first.stdout
+    assert "451" in first.stderr
+    assert second.exit_code == 0, second.output
+    assert arrivals(server) == collections.Counter(addresses)
+
+
+def test_two_runs_of_one_campaign_at_once_are_refused(tmp_path: Path) -> None:
+    xlsx, template, _ = make_list(tmp_path, 3)
+    with SmtpTestServer() as server:
+        write_config(tmp_path, server, security="none", username=None)
+        name = campaign_id(xlsx, template.read_text(encoding="utf-8"))
+        with Journal(tmp_path / ".mailmerge", name) as running:
+            running.lock()
+            run = run_cli("send", xlsx, "-t", template, "--yes")
+        assert run.exit_code == 1
+        assert "being sent by another run" in run.stderr and str(os.getpid()) in run.stderr
+        assert server.messages == []
+
+
+def test_restart_sends_everyone_again_and_status_counts(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 4)
+    with SmtpTestServer(refuse=[addresses[3]]) as server:
+        write_config(tmp_path, server, security="none", username=None)
+        before = run_cli("status", xlsx, "-t", template)
+        run_cli("send", xlsx, "-t", template, "--yes")
+        after = run_cli("status", xlsx, "-t", template)
+        restarted = run_cli("send", xlsx, "-t", template, "--yes", "--restart")
+
+    assert "not sent yet        4" in before.stdout
+    assert "sent                3" in after.stdout and "refused             1" in after.stdout
+    assert restarted.exit_code == 3
+    assert sum(arrivals(server).values()) == 6
+
+
+def test_a_list_reordered_after_a_partial_send_is_stopped(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 4)
+    with SmtpTestServer() as server:
+        write_config(tmp_path, server, security="none", username=None)
+        run_cli("send", xlsx, "-t", template, "--yes", "--max-messages", "2")
+        rows = [(f"Member {i}", a) for i, a in enumerate(addresses)]
+        write_xlsx(xlsx, ("name", "email"), rows[::-1])  # sorted the other way
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert run.exit_code == 2
+    assert "row 2 changed since it was sent" in run.stderr
+    assert len(server.messages) == 2
+
+
+def test_the_journal_never_holds_the_password(tmp_path: Path) -> None:
+    xlsx, template, _ = make_list(tmp_path, 5)
+    with SmtpTestServer(tls=True, auth={USER: PASSWORD}) as server:
+        write_config(tmp_path, server)
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+    assert run.exit_code == 0, run.output
+    secrets = [PASSWORD.encode(), base64.b64encode(PASSWORD.encode()),
+               base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == JOURNAL_FILE for p in written)
+    for path in written:
+        data = path.read_bytes()
+        assert not any(secret in data for secret in secrets), path
+    assert PASSWORD not in run.output
+
+
+# --- helpers for the tests that run the command as a real process --------------
+
+
+def start_send(xlsx: Path, template: Path, *extra: str) -> subprocess.Popen[str]:
+    """`mailmerge send` as a child process, as a person runs it (no terminal)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailmerge", "send", str(xlsx), "-t", str(template), "--yes", *extra],
+        env={**os.environ, "MAILMERGE_PASSWORD": PASSWORD},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for(condition: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail("timed out waiting for the server")
+        time.sleep(0.01)
