@@ -296,13 +296,12 @@ def _finish(plan: Plan, journal: Journal, result: MergeResult, report_path: Path
     outcomes = campaign_outcomes(plan, journal.entries())
     write_report(report_path, outcomes)
     summary = Summary.of(outcomes)
+    again = "Nothing is lost: run the same command again to send the rest."
     if result.error is not None:
         err.print(f"error: {result.error}", style="red", markup=False)
-    if result.stopped or result.error is not None:
-        err.print(
-            f"Stopped: {result.stopped or result.error}. Nothing is lost: run the same command "
-            "again to send the rest.", style="yellow", markup=False,
-        )
+        err.print(again, style="yellow", markup=False)
+    elif result.stopped:
+        err.print(f"Stopped: {result.stopped}. {again}", style="yellow", markup=False)
     out.print(summary.line(), markup=False)
     out.print(f"report: {report_path}", markup=False)
     if result.stopped.startswith(("interrupted", "stopped (SIGTERM)")):

@@ -199,6 +199,7 @@ class _Run:
         self.result = MergeResult()
 
     def run(self, resend_unknown: bool) -> MergeResult:
+        self.journal.record(o for outcomes in self.plan.invalid.values() for o in outcomes)
         entries = self.journal.entries()
         first_sent = {e.row: e for e in entries.values() if e.message_id}  # identity to keep
         for recipient in self.plan.recipients:
@@ -259,11 +260,12 @@ class _Run:
         self.result.messages += 1
         try:
             outcomes = self.client.send(message, targets, in_flight)
-        except ConnectionLost as lost:
-            self.journal.record(lost.outcomes, date=message.date, fingerprint=fingerprint)
-            self.on_row(lost.outcomes)
-            self.result.error = lost
-            self.stop.request(str(lost))
+        except SendError as error:  # the server stayed away, or refused the login
+            if isinstance(error, ConnectionLost):
+                self.journal.record(error.outcomes, date=message.date, fingerprint=fingerprint)
+                self.on_row(error.outcomes)
+            self.result.error = error
+            self.stop.request(str(error))
             return
         # Spacing counts from the server's reply, so the provider never sees two
         # messages closer than the rate (the first one also opened the session).

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -274,3 +275,53 @@ def wait_for(condition: object, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             pytest.fail("timed out waiting for the server")
         time.sleep(0.01)
+
+
+def test_max_per_connection_starts_a_new_session(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 7)
+    with SmtpTestServer(tls=True, auth={USER: PASSWORD}) as server:
+        write_config(tmp_path, server)
+        (tmp_path / "mailmerge.toml").write_text(
+            (tmp_path / "mailmerge.toml").read_text().replace("[send]", "[send]\nmax_per_connection = 3"))
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert run.exit_code == 0, run.output
+    assert (server.connections, server.auth_attempts) == (3, 3)  # 3 + 3 + 1 messages
+    assert arrivals(server) == collections.Counter(addresses)
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
+    xlsx, template, _ = make_list(tmp_path, 50)
+    with SmtpTestServer(faults=Faults(reply_delay=0.05)) as server:
+        write_config(tmp_path, server, security="none", username=None)
+        child = start_send(xlsx, template)
+        wait_for(lambda: len(server.messages) >= 5)
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=20)
+
+    assert child.returncode == 130, err
+    journal = journal_states(tmp_path)
+    assert sorted(a for a, s in journal.items() if s == "sent") == sorted(server.recipients())
+
+
+def test_a_server_that_stays_away_stops_the_run_with_a_hint(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 10)
+    server = SmtpTestServer(faults=Faults(drop_after=3)).start()
+    write_config(tmp_path, server, security="none", username=None)
+
+    def go_away() -> None:  # the connection drops after 3 messages; the server is gone
+        wait_for(lambda: len(server.messages) >= 3)
+        server.stop()
+
+    threading.Thread(target=go_away, daemon=True).start()
+    try:
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+    finally:
+        server.stop()
+
+    assert run.exit_code == 1
+    assert "gave up after 5 reconnection attempts" in run.stderr
+    assert "run the same command again" in run.stderr
+    states = report_states(tmp_path)
+    assert [states[a] for a in addresses[:3]] == ["sent"] * 3
+    assert {states[a] for a in addresses[3:]} == {"failed"}
