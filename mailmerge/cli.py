@@ -7,8 +7,11 @@ progress and turns errors into one readable line and an exit code.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import traceback
+import webbrowser
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,12 +27,12 @@ from .errors import ConfigError, InputError, MailmergeError
 from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, read_entries
 from .merge import MergeResult, Plan, Work, campaign_outcomes, count_work, plan_merge, rendered_rows, send_merge
 from .pacing import StopSignal, parse_duration, parse_rate
-from .message import preview_text
+from .message import OutgoingMessage, preview_text, viewable_html
 from .outbox import OutboxServer
 from .outcome import Outcome, Status
 from .recipients import read_recipients
 from .report import Summary, default_report_path, write_report
-from .template import load_template
+from .template import TemplateSettings, load_template
 
 EXIT_OK, EXIT_STOPPED, EXIT_INPUT, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -61,6 +64,10 @@ EncodingOption = Annotated[
     str | None, typer.Option(metavar="NAME", help="Encoding of a CSV file, e.g. cp949 (default: guessed).", show_default=False)
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+AttachmentsOption = Annotated[
+    Path | None,
+    typer.Option(metavar="DIR", help="Attachments named by the list may also come from here (default: only the template's folder).", show_default=False),
+]
 
 T = TypeVar("T")
 
@@ -81,7 +88,8 @@ def _run(action: Callable[[], T], debug: bool) -> T:
 
 
 def _prepare(
-    list_path: Path, template: Path | None, config_path: Path | None, sheet: str | None, encoding: str | None
+    list_path: Path, template: Path | None, config_path: Path | None, sheet: str | None,
+    encoding: str | None, attachments_dir: Path | None = None,
 ) -> tuple[Config, Plan]:
     """Read the config, the list and the template, and check every row."""
     config = load_config(find_config(list_path, config_path))
@@ -89,9 +97,15 @@ def _prepare(
     if template_path is None:
         raise ConfigError("which template? pass -t TEMPLATE, or set template in [message] of mailmerge.toml")
     recipients = read_recipients(list_path, sheet=sheet, encoding=encoding)
-    for note in recipients.notes:
+    for note in [*config.notes, *recipients.notes]:
         err.print(f"note: {note}", style="yellow", markup=False)
-    mail_template = load_template(template_path, default_from=config.message.sender)
+    settings = TemplateSettings(
+        default_from=config.message.sender,
+        unsubscribe=config.message.unsubscribe,
+        css=config.message.css,
+        attachments_dir=attachments_dir,
+    )
+    mail_template = load_template(template_path, settings)
     return config, plan_merge(recipients, mail_template)
 
 
@@ -108,15 +122,17 @@ def preview(
     config: ConfigOption = None,
     row: Annotated[int | None, typer.Option(metavar="N", help="Show only this row (its number in the sheet).", show_default=False)] = None,
     limit: Annotated[int | None, typer.Option(metavar="N", help="Show at most this many messages.", show_default=False)] = None,
+    open_html: Annotated[bool, typer.Option("--open", help="Open the first shown message (its HTML) in the browser.")] = False,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
+    attachments_dir: AttachmentsOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Print the rendered messages, headers decoded. Sends nothing, uses no network.
 
     Example:  mailmerge preview list.xlsx -t invoice.txt --row 5
     """
-    _, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding), debug)
+    _, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding, attachments_dir), debug)
     shown = 0
     for recipient, message in _run(lambda: list(rendered_rows(plan)), debug):
         if row is not None and recipient.row != row:
@@ -128,6 +144,9 @@ def preview(
             out.print(f"invalid, will not be sent: {message[0].reason}", style="yellow", markup=False)
         else:
             out.print(preview_text(message), markup=False)
+            if open_html:
+                _open_in_browser(message)
+                open_html = False
         shown += 1
     if row is not None and shown == 0:
         err.print(f"error: no row {row} in {list_path}", style="red", markup=False)
@@ -140,6 +159,14 @@ CampaignOption = Annotated[
     str | None,
     typer.Option(metavar="NAME", help="Name of the campaign in the journal (default: from the list's path and the template's text).", show_default=False),
 ]
+
+
+def _open_in_browser(message: OutgoingMessage) -> None:
+    handle, name = tempfile.mkstemp(prefix=f"mailmerge-row{message.row}-", suffix=".html")
+    with os.fdopen(handle, "w", encoding="utf-8") as page:
+        page.write(viewable_html(message))
+    err.print(f"opening {name}", markup=False)
+    webbrowser.open(Path(name).as_uri())
 
 
 @app.command()
@@ -165,6 +192,7 @@ def send(
     resend_unknown: Annotated[bool, typer.Option("--resend-unknown", help="Send again the messages whose delivery is unknown.")] = False,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
+    attachments_dir: AttachmentsOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Send each row its message through one SMTP session, then write the report.
@@ -176,7 +204,7 @@ def send(
     Exit codes: 0 every row sent, 1 the run stopped on an error, 2 bad input,
     3 some rows refused, invalid, deferred, unknown or not sent yet, 130 interrupted.
     """
-    settings, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding), debug)
+    settings, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding, attachments_dir), debug)
     _print_invalid(plan)
     pace = _run(lambda: _pace(settings.send, rate, batch_size, batch_pause, max_messages), debug)
     name = campaign_id(list_path, plan.template.text, campaign)
@@ -320,13 +348,14 @@ def status(
     outbox: Annotated[Path | None, typer.Option(metavar="DIR", help="The status of the campaign sent with --outbox DIR.", show_default=False)] = None,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
+    attachments_dir: AttachmentsOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Show how far the campaign got: how many rows are in each state. Sends nothing.
 
     Example:  mailmerge status list.xlsx -t invoice.txt
     """
-    _, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding), debug)
+    _, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding, attachments_dir), debug)
     name = campaign_id(list_path, plan.template.text, campaign)
     folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
     summary = Summary.of(campaign_outcomes(plan, read_entries(folder, name)))

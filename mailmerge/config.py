@@ -20,7 +20,9 @@ file: it comes from ``MAILMERGE_PASSWORD`` or a prompt.
 
 from __future__ import annotations
 
+import configparser
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ class SmtpConfig:
     username: str | None = None
     ca_file: Path | None = None
     timeout: float = 30.0
+    allow_insecure_auth: bool = False  # log in without TLS (awdeorio's "PLAIN")
 
 
 @dataclass
@@ -66,6 +69,8 @@ class MessageConfig:
 
     sender: str | None = None  # the `from` key
     template: Path | None = None
+    unsubscribe: str | None = None  # a mailto: or https: address, Jinja per row
+    css: Path | None = None  # a stylesheet inlined into HTML bodies
 
 
 @dataclass
@@ -76,6 +81,7 @@ class Config:
     send: SendConfig = field(default_factory=SendConfig)
     message: MessageConfig = field(default_factory=MessageConfig)
     path: Path | None = None
+    notes: list[str] = field(default_factory=list)  # for the user: what was assumed
 
     def require_server(self) -> SmtpConfig:
         """The SMTP settings, or a ConfigError saying how to give them."""
@@ -89,7 +95,7 @@ class Config:
 
 
 _SMTP_KEYS = ("host", "port", "security", "username", "ca_file", "timeout")
-_MESSAGE_KEYS = ("from", "template")
+_MESSAGE_KEYS = ("from", "template", "unsubscribe", "css")
 _SEND_KEYS = (
     "rate", "batch_size", "batch_pause", "max_messages", "max_per_connection",
     "reconnect_attempts", "reconnect_delay", "reconnect_max_delay",
@@ -113,6 +119,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
     """Read the config file (or start from defaults when None) and apply
     ``MAILMERGE_SMTP_*`` overrides from ``environ``."""
     data: dict[str, Any] = {}
+    if path is not None and is_awdeorio_config(path):
+        return load_awdeorio_config(path, environ)
     if path is not None:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
@@ -130,8 +138,58 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
     )
     message = data.get("message", {})
     config.message.sender = _text(message, "from", where)
-    template = _text(message, "template", where)
+    config.message.unsubscribe = _text(message, "unsubscribe", where)
+    template, css = _text(message, "template", where), _text(message, "css", where)
     config.message.template = base / template if template else None
+    config.message.css = base / css if css else None
+    return config
+
+
+# --- awdeorio/mailmerge's mailmerge_server.conf --------------------------------
+
+_AWDEORIO_SECURITY = {"ssl/tls": "ssl", "starttls": "starttls", "plain": "none", "never": "none"}
+
+
+def is_awdeorio_config(path: Path) -> bool:
+    """True for an INI file with a [smtp_server] section (awdeorio/mailmerge's format)."""
+    if path.suffix.lower() in (".conf", ".ini", ".cfg"):
+        return True
+    try:
+        head = path.read_text(encoding="utf-8-sig")[:4096]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return re.search(r"^\s*\[smtp_server\]", head, re.MULTILINE) is not None
+
+
+def load_awdeorio_config(path: Path, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read awdeorio/mailmerge's server config with its meanings: no security
+    (or "Never") is no TLS and no login, "PLAIN" is a login without TLS,
+    ratelimit is messages per minute."""
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read_string(path.read_text(encoding="utf-8-sig"), source=str(path))
+    except (OSError, UnicodeDecodeError, configparser.Error) as error:
+        raise ConfigError(f"{path}: cannot read this server config: {error}") from error
+    if not parser.has_section("smtp_server"):
+        raise ConfigError(f"{path}: no [smtp_server] section (awdeorio/mailmerge's format)")
+    section = parser["smtp_server"]
+    raw_security = section.get("security", "Never").strip()
+    security = _AWDEORIO_SECURITY.get(raw_security.lower())
+    if security is None:
+        raise ConfigError(f"{path}: security = {raw_security} is not SSL/TLS, STARTTLS, PLAIN or Never")
+    data: dict[str, Any] = {"host": section.get("host", ""), "security": security}
+    if "port" in section:
+        data["port"] = section["port"]
+    if raw_security.lower() in ("ssl/tls", "starttls", "plain"):
+        data["username"] = section.get("username")
+    data = _with_environment({"smtp": data}, "smtp", _SMTP_KEYS, environ)
+    config = Config(smtp=_smtp_config(data, path.parent, str(path)), path=path)
+    if raw_security.lower() == "plain":
+        config.smtp.allow_insecure_auth = True
+        config.notes.append(f"{path}: security = PLAIN sends the password without encryption")
+    ratelimit = section.get("ratelimit", "0").strip()
+    if ratelimit not in ("", "0"):
+        config.send.rate = parse_rate(f"{ratelimit}/min")
     return config
 
 

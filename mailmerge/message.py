@@ -10,14 +10,19 @@ addresses are in the envelope, never in a header.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import base64
 import functools
+import html
+import mimetypes
 from email import headerregistry, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, quote
+from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
+from .content import replace_image_sources
 from .errors import InvalidRow
 from .template import Draft, Mailbox
 
@@ -180,9 +185,11 @@ def build_message(draft: Draft, *, message_id: str = "", date: str = "") -> Outg
         message["Message-ID"] = message_id or make_msgid(domain=domain)
         for name, value in draft.other_headers:
             message[name] = value
-        message.set_content(draft.body, subtype="plain", charset="utf-8")
+        _set_body(message, draft, domain)
     except (ValueError, TypeError) as error:
         raise InvalidRow(f"cannot build the message: {error}") from error
+    except OSError as error:
+        raise InvalidRow(f"cannot read a file of the message: {error}") from error
 
     return OutgoingMessage(
         row=draft.row,
@@ -193,8 +200,36 @@ def build_message(draft: Draft, *, message_id: str = "", date: str = "") -> Outg
     )
 
 
+def _set_body(message: EmailMessage, draft: Draft, domain: str) -> None:
+    """The MIME structure: text, or text and HTML as alternatives (the HTML
+    with its images in a multipart/related), then the attachments."""
+    message.set_content(draft.body, subtype="plain", charset="utf-8")
+    if draft.html is not None:
+        cids = {src: make_msgid(domain=domain) for src in draft.images}
+        html = replace_image_sources(draft.html, {src: "cid:" + cid[1:-1] for src, cid in cids.items()})
+        message.add_alternative(html, subtype="html", charset="utf-8")
+        html_part = message.get_payload()[1]
+        for src, path in draft.images.items():
+            maintype, subtype = _mime_type(path)
+            html_part.add_related(path.read_bytes(), maintype, subtype, cid=cids[src],
+                                  filename=path.name, disposition="inline")
+    inline = set(draft.images.values())
+    for path in draft.attachments:
+        if path in inline:
+            continue  # already in the message as an inline image
+        maintype, subtype = _mime_type(path)
+        message.add_attachment(path.read_bytes(), maintype, subtype, filename=path.name)
+
+
+def _mime_type(path: Path) -> tuple[str, str]:
+    guessed, _ = mimetypes.guess_type(path.name)
+    maintype, subtype = (guessed or "application/octet-stream").split("/", 1)
+    return maintype, subtype
+
+
 def preview_text(outgoing: OutgoingMessage) -> str:
-    """The message as a person reads it: decoded headers (Bcc included), then the body."""
+    """The message as a person reads it: decoded headers (Bcc included), the
+    structure of its parts when it has several, then the text."""
     message = outgoing.message
     lines = [f"{name}: {message[name]}" for name in ("From", "To", "Cc", "Reply-To", "Subject") if message[name]]
     bcc = [r.address for r in outgoing.recipients if r.field == "Bcc"]
@@ -203,4 +238,39 @@ def preview_text(outgoing: OutgoingMessage) -> str:
     skip = {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "mime-version",
             "content-type", "content-transfer-encoding"}
     lines += [f"{name}: {value}" for name, value in message.items() if name.lower() not in skip]
-    return "\n".join(lines) + "\n\n" + str(message.get_content())
+    if message.is_multipart():
+        lines += ["", "Parts:", *structure(message)]
+    text = message.get_body(("plain",))
+    return "\n".join(lines) + "\n\n" + (str(text.get_content()) if text is not None else "")
+
+
+def structure(part: EmailMessage, depth: int = 1) -> list[str]:
+    """One line per MIME part, indented by depth: type, file name, size."""
+    line = "  " * depth + part.get_content_type()
+    if part.is_multipart():
+        children = part.iter_parts()
+        return [line] + [row for child in children for row in structure(child, depth + 1)]  # type: ignore[arg-type]
+    size = len(part.get_payload(decode=True) or b"")
+    name = part.get_filename()
+    disposition = part.get_content_disposition()
+    details = [f"{name}" if name else "", f"{size / 1024:.1f} kB", disposition or ""]
+    return [line + "  " + "  ".join(d for d in details if d)]
+
+
+def viewable_html(outgoing: OutgoingMessage) -> str:
+    """The message's HTML as a browser can show it from a file: inline images
+    as ``data:`` URIs (browsers load no ``cid:``), text bodies in ``<pre>``."""
+    message = outgoing.message
+    body = message.get_body(("html", "plain"))
+    if body is None:
+        return ""
+    content = str(body.get_content())
+    if body.get_content_subtype() == "plain":
+        return f"<!doctype html><meta charset='utf-8'><pre>{html.escape(content)}</pre>"
+    sources = {}
+    for part in message.walk():
+        cid = part.get("Content-ID")
+        if cid and not part.is_multipart():
+            data = base64.b64encode(part.get_payload(decode=True) or b"").decode()
+            sources["cid:" + cid.strip("<>")] = f"data:{part.get_content_type()};base64,{data}"
+    return replace_image_sources(content, sources)

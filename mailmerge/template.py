@@ -11,28 +11,47 @@ Every header value and the body are Jinja2 templates (sandboxed, with
 ``StrictUndefined``). Header names are case-insensitive. In an address header
 (From, To, Cc, Bcc, Reply-To) a value from the list stays one piece: a display
 name such as ``O'Brien, Jung`` is one name, never two addresses.
+
+The body is plain text (``.txt``), HTML (``.html``) or Markdown (``.md``), by
+the file's extension or a ``Content-Type:`` header; awdeorio/mailmerge's
+hand-written ``multipart/alternative`` bodies work too. In HTML and Markdown
+every value from the list is HTML-escaped (``|safe`` opts out). Repeatable
+``Attachment:`` headers name files, relative to the template's folder.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
+import functools
 import re
 import secrets
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
+from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file
 from .errors import InvalidRow, TemplateError, did_you_mean
 from .recipients import Recipient
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
 # Headers mailmerge writes itself; a template that sets them is wrong.
-RESERVED_HEADERS = ("MIME-Version", "Content-Transfer-Encoding", "Message-ID", "Date")
-_CANONICAL = {name.lower(): name for name in (*ADDRESS_HEADERS, "Subject", *RESERVED_HEADERS)}
+RESERVED_HEADERS = ("Content-Transfer-Encoding", "Message-ID", "Date")
+# Headers that tell mailmerge what to do; they are not sent.
+CONTROL_HEADERS = ("Attachment", "Style", "Content-Type", "MIME-Version")
+_CANONICAL = {
+    name.lower(): name
+    for name in (*ADDRESS_HEADERS, "Subject", "List-Unsubscribe", *RESERVED_HEADERS, *CONTROL_HEADERS)
+}
+MAX_MESSAGE_BYTES = 25 * 1024 * 1024  # what Gmail, Outlook and most providers accept
+BodyKind = Literal["text", "html", "markdown", "mime"]
+_KIND_BY_TYPE: dict[str, BodyKind] = {"text/plain": "text", "text/html": "html", "text/markdown": "markdown"}
+_KIND_BY_SUFFIX: dict[str, BodyKind] = {".html": "html", ".htm": "html", ".md": "markdown", ".markdown": "markdown"}
 _HEADER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]*)[ \t]*:[ \t]?(.*)$")
 
 
@@ -55,7 +74,10 @@ class Draft:
     bcc: list[Mailbox] = field(default_factory=list)
     reply_to: list[Mailbox] = field(default_factory=list)
     other_headers: list[tuple[str, str]] = field(default_factory=list)
-    body: str = ""
+    body: str = ""  # the text/plain part
+    html: str | None = None  # the text/html part, for HTML and Markdown templates
+    attachments: list[Path] = field(default_factory=list)
+    images: dict[str, Path] = field(default_factory=dict)  # <img src> -> file, sent inline
 
     def recipients(self) -> list[tuple[str, Mailbox]]:
         """Every envelope recipient with the header it came from (To, Cc, Bcc)."""
@@ -79,6 +101,12 @@ class _Part:
     source: str
     lines: list[int]  # the file's line for each line of source ([] for defaults)
     compiled: jinja2.Template | None = None
+    compiled_html: jinja2.Template | None = None  # the body, HTML-escaping its values
+
+    @property
+    def from_list(self) -> bool:
+        """True when the value is made from the list (any Jinja in it)."""
+        return "{{" in self.source or "{%" in self.source
 
     def add_line(self, separator: str, text: str, line: int) -> None:
         self.source += separator + _LINE_JOIN + text
@@ -109,28 +137,52 @@ class _Placeholders:
         return self.values[int(match.group(1))] if match else None
 
 
+@dataclass
+class TemplateSettings:
+    """What the config adds to every template."""
+
+    default_from: str | None = None  # [message] from
+    unsubscribe: str | None = None  # [message] unsubscribe: a mailto: or https: address (Jinja)
+    css: Path | None = None  # [message] css: a stylesheet inlined into HTML bodies
+    attachments_dir: Path | None = None  # files from the list may also come from here
+
+
 class MailTemplate:
     """A parsed template file, ready to render rows into drafts."""
 
-    def __init__(self, path: Path, parts: list[_Part], default_from: str | None, text: str = "") -> None:
+    def __init__(
+        self, path: Path, parts: list[_Part], kind: BodyKind, content_type: str,
+        settings: TemplateSettings | None = None, text: str = "",
+    ) -> None:
         self.path = path
+        self.folder = path.parent
         self.text = text  # the file's text: part of the campaign's identity
+        self.kind = kind
+        self.content_type = content_type  # the full header, for hand-written MIME bodies
+        self.settings = settings or TemplateSettings()
+        self.allowed_dirs = [self.folder, *([self.settings.attachments_dir] if self.settings.attachments_dir else [])]
         self._placeholders = _Placeholders()
         self._env = SandboxedEnvironment(
             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
         )
         self._address_env = self._env.overlay(finalize=self._placeholders)
+        self._html_env = self._env.overlay(autoescape=True)
         self.parts = parts
-        if default_from and not any(p.name == "From" for p in parts):
-            self.parts.insert(0, _Part("From", default_from, []))
+        defaults = {"From": self.settings.default_from, "List-Unsubscribe": self.settings.unsubscribe}
+        for name, value in defaults.items():
+            if value and not any(p.name == name for p in parts):
+                self.parts.insert(0, _Part(name, value, []))
         for part in self.parts:
             env = self._address_env if part.name in ADDRESS_HEADERS else self._env
-            try:
-                part.compiled = env.from_string(part.source)
-            except jinja2.TemplateSyntaxError as error:
-                raise TemplateError(
-                    f"{self._where(part, error.lineno)}: {error.message}"
-                ) from error
+            part.compiled = self._compile(env, part)
+            if part.name == "body" and kind in ("html", "markdown"):
+                part.compiled_html = self._compile(self._html_env, part)
+
+    def _compile(self, env: jinja2.Environment, part: _Part) -> jinja2.Template:
+        try:
+            return env.from_string(part.source)
+        except jinja2.TemplateSyntaxError as error:
+            raise TemplateError(f"{self._where(part, error.lineno)}: {error.message}") from error
 
     # --- checks before any row is rendered ---------------------------------
 
@@ -173,34 +225,84 @@ class MailTemplate:
         """Render one row into a :class:`Draft`.
 
         Raises :class:`InvalidRow` when the row's data cannot make a message
-        (a line break in a header value, no recipient) and
-        :class:`TemplateError` when the template itself fails on this row.
+        (a line break in a header value, no recipient, a missing attachment)
+        and :class:`TemplateError` when the template itself fails on this row.
         """
         draft = Draft(row=recipient.row, subject="", sender=[], to=[])
+        css = ""
         for part in self.parts:
             if part.name == "body":
-                draft.body = self._render(part, recipient)
+                self._render_body(part, recipient, draft)
             elif part.name in ADDRESS_HEADERS:
                 boxes = self._render_addresses(part, recipient)
                 attribute = part.name.lower().replace("-", "_")
                 target = "sender" if attribute == "from" else attribute
                 getattr(draft, target).extend(boxes)
+            elif part.name in ("Attachment", "Style"):
+                value = _single_line(part.name, self._render(part, recipient).strip())
+                if not value:
+                    continue  # an empty cell: no attachment for this row
+                found = resolve_file(value, self.folder, self.allowed_dirs, from_list=part.from_list,
+                                     what=part.name.lower())
+                if part.name == "Attachment":
+                    draft.attachments.append(found)
+                else:
+                    css += _read_css(found)
             else:
                 value = _single_line(part.name, self._render(part, recipient).strip())
                 if part.name == "Subject":
                     draft.subject = value
+                elif part.name == "List-Unsubscribe":
+                    draft.other_headers += _unsubscribe_headers(value)
                 else:
                     draft.other_headers.append((part.name, value))
         if not draft.to and not draft.cc and not draft.bcc:
             raise InvalidRow("no recipient address (the To header is empty)")
-        if not draft.body.endswith("\n"):
-            draft.body += "\n"
+        if draft.html is not None:
+            if self.settings.css:
+                css = _read_css(self.settings.css) + css
+            draft.html = inline_css(draft.html, css)
+            body = next(p for p in self.parts if p.name == "body")
+            for src in local_images(draft.html):
+                draft.images[src] = resolve_file(src, self.folder, self.allowed_dirs,
+                                                 from_list=src not in body.source, what="image")
+        _check_size(draft)
         return draft
 
-    def _render(self, part: _Part, recipient: Recipient) -> str:
-        assert part.compiled is not None
+    def _render_body(self, part: _Part, recipient: Recipient, draft: Draft) -> None:
+        """The text (and HTML) parts, by the kind of template."""
+        if self.kind == "html":
+            draft.html = self._render(part, recipient, html=True)
+            draft.body = html_to_text(draft.html)
+        elif self.kind == "markdown":
+            draft.body = self._render(part, recipient)  # the Markdown source, unescaped
+            draft.html = markdown_to_html(self._render(part, recipient, html=True))
+        elif self.kind == "mime":
+            draft.body, draft.html = self._split_mime(self._render(part, recipient))
+        else:
+            draft.body = self._render(part, recipient)
+        if not draft.body.endswith("\n"):
+            draft.body += "\n"
+
+    def _split_mime(self, body: str) -> tuple[str, str | None]:
+        """The text and HTML of a hand-written multipart body (awdeorio/mailmerge)."""
+        parsed = email.message_from_string(
+            f"Content-Type: {self.content_type}\n\n{body}", policy=email.policy.default
+        )
+        texts: dict[str, str] = {}
+        for leaf in parsed.walk():
+            kind = leaf.get_content_type()
+            if kind in ("text/plain", "text/html") and kind not in texts:
+                texts[kind] = str(leaf.get_content())
+        html = texts.get("text/html")
+        plain = texts.get("text/plain") or (html_to_text(html) if html else "")
+        return plain, html
+
+    def _render(self, part: _Part, recipient: Recipient, *, html: bool = False) -> str:
+        compiled = part.compiled_html if html else part.compiled
+        assert compiled is not None
         try:
-            return part.compiled.render(recipient.values)
+            return compiled.render(recipient.values)
         except jinja2.UndefinedError as error:
             raise TemplateError(
                 f"{self._where(part, _error_line(error))}: row {recipient.row}: {error.message}"
@@ -244,6 +346,38 @@ def _single_line(header: str, value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=32)
+def _read_css(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidRow(f"cannot read the stylesheet {path}: {error}") from error
+
+
+def _unsubscribe_headers(value: str) -> list[tuple[str, str]]:
+    """List-Unsubscribe (RFC 2369), and List-Unsubscribe-Post for a one-click
+    https address (RFC 8058), as Gmail and Yahoo require from bulk senders."""
+    uris = [uri.strip().strip("<>") for uri in value.split(",") if uri.strip()]
+    if not uris:
+        return []
+    headers = [("List-Unsubscribe", ", ".join(f"<{uri}>" for uri in uris))]
+    if any(uri.lower().startswith("https://") for uri in uris):
+        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    return headers
+
+
+def _check_size(draft: Draft) -> None:
+    """Refuse a row whose message would be over what providers accept."""
+    files = {*draft.attachments, *draft.images.values()}
+    encoded = sum(path.stat().st_size for path in files) * 4 // 3  # base64
+    encoded += len(draft.body.encode()) + len((draft.html or "").encode())
+    if encoded > MAX_MESSAGE_BYTES:
+        raise InvalidRow(
+            f"the message would be about {encoded / 1024 / 1024:.0f} MB with its attachments; "
+            "most providers refuse more than 25 MB"
+        )
+
+
 def _error_line(error: BaseException) -> int | None:
     """The template line of a Jinja error, read from the traceback when needed."""
     line = getattr(error, "lineno", None)
@@ -258,9 +392,14 @@ def _error_line(error: BaseException) -> int | None:
     return found
 
 
-def load_template(path: Path | str, *, default_from: str | None = None) -> MailTemplate:
-    """Read and parse a template file; ``default_from`` is used when it has no From."""
+def load_template(path: Path | str, settings: TemplateSettings | None = None, *, default_from: str | None = None) -> MailTemplate:
+    """Read and parse a template file.
+
+    ``settings`` carries what the config adds (default From, unsubscribe
+    address, stylesheet, attachments folder); ``default_from`` is a shortcut.
+    """
     path = Path(path)
+    settings = settings or TemplateSettings(default_from=default_from)
     try:
         raw = path.read_bytes()
     except FileNotFoundError as error:
@@ -273,13 +412,28 @@ def load_template(path: Path | str, *, default_from: str | None = None) -> MailT
         raise TemplateError(
             f"{path}: the template is not UTF-8 (byte {error.start}); save it as UTF-8"
         ) from error
-    if path.suffix.lower() in (".html", ".htm", ".md"):
-        raise TemplateError(f"{path}: HTML and Markdown templates are not supported yet; use .txt")
-    return MailTemplate(path, parse_template(text, path), default_from, text)
+    parts, content_type = parse_template(text, path)
+    kind = _body_kind(content_type, path)
+    return MailTemplate(path, parts, kind, content_type, settings, text)
 
 
-def parse_template(text: str, path: Path) -> list[_Part]:
-    """Split a template's text into header parts and the body part."""
+def _body_kind(content_type: str, path: Path) -> BodyKind:
+    main = content_type.split(";")[0].strip().lower()
+    if not main:
+        return _KIND_BY_SUFFIX.get(path.suffix.lower(), "text")
+    if main.startswith("multipart/"):
+        return "mime"
+    if main not in _KIND_BY_TYPE:
+        raise TemplateError(
+            f"{path}: Content-Type {main} is not one mailmerge can send; use text/plain, "
+            "text/html, text/markdown or a multipart/alternative body"
+        )
+    return _KIND_BY_TYPE[main]
+
+
+def parse_template(text: str, path: Path) -> tuple[list[_Part], str]:
+    """Split a template's text into header parts and the body part; also
+    return its Content-Type header ("" when it has none)."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines[-1] == "":
         lines.pop()  # the file's final line break, not a blank line
@@ -302,23 +456,24 @@ def parse_template(text: str, path: Path) -> list[_Part]:
         current = _header_part(parts, match.group(1), match.group(2).strip(), number, path)
     if body_start is None:
         raise TemplateError(f"{path}: no blank line after the headers, so no body")
+    content_type = ""
+    for part in [p for p in parts if p.name in ("Content-Type", "MIME-Version")]:
+        parts.remove(part)
+        if part.name == "Content-Type":
+            content_type = part.source
     body_lines = lines[body_start:]
     body = "\n".join(body_lines) + "\n"
     parts.append(_Part("body", body, list(range(body_start + 1, body_start + 2 + len(body_lines)))))
-    return parts
+    return parts, content_type
 
 
-def _header_part(parts: list[_Part], raw_name: str, value: str, number: int, path: Path) -> _Part | None:
+def _header_part(parts: list[_Part], raw_name: str, value: str, number: int, path: Path) -> _Part:
     """Add one header line to ``parts``; return the part it went into."""
     name = _CANONICAL.get(raw_name.lower(), raw_name)
     if name in RESERVED_HEADERS:
         raise TemplateError(f"{path}: line {number}: mailmerge sets {name} itself; remove it")
-    if name.lower() == "content-type":
-        if value.split(";")[0].strip().lower() != "text/plain":
-            raise TemplateError(f"{path}: line {number}: only text/plain bodies are supported yet")
-        return None
     earlier = next((p for p in parts if p.name == name), None)
-    if earlier is not None and name in ("From", "Subject"):
+    if earlier is not None and name in ("From", "Subject", "Content-Type"):
         raise TemplateError(f"{path}: line {number}: a second {name} header")
     if earlier is not None and name in ADDRESS_HEADERS:  # To: a, then To: b
         earlier.add_line(", ", value, number)

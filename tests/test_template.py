@@ -156,7 +156,7 @@ def test_headers_only_file_with_final_newline_is_an_error(tmp_path: Path) -> Non
     assert "blank line" in message
 
 
-@pytest.mark.parametrize("header", ["Message-ID: <x@y>", "MIME-Version: 1.0", "date: today"])
+@pytest.mark.parametrize("header", ["Message-ID: <x@y>", "Content-Transfer-Encoding: 8bit", "date: today"])
 def test_reserved_headers_are_refused(tmp_path: Path, header: str) -> None:
     message = template_error(tmp_path, f"Subject: Hi\n{header}\n\nBody\n")
     assert "line 2" in message and "mailmerge sets" in message and "remove it" in message
@@ -169,9 +169,9 @@ def test_non_utf8_template_says_save_as_utf8(tmp_path: Path) -> None:
         load_template(path, default_from=SENDER)
 
 
-def test_html_template_is_not_supported_yet(tmp_path: Path) -> None:
-    message = template_error(tmp_path, "Subject: Hi\n\n<p>Hi</p>\n", name="mail.html")
-    assert "not supported yet" in message
+def test_a_content_type_mailmerge_cannot_send_is_named(tmp_path: Path) -> None:
+    message = template_error(tmp_path, "Subject: Hi\nContent-Type: application/pdf\n\nx\n")
+    assert "Content-Type application/pdf is not one mailmerge can send" in message
 
 
 # --- rendering a row ----------------------------------------------------------
