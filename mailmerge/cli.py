@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import __version__
-from .config import Config, SendConfig, SmtpConfig, find_config, get_password, load_config
+from .config import Config, SendConfig, SmtpConfig, find_config, load_config
+from .credentials import find_secret, forget_password, store_password
 from .errors import ConfigError, InputError, MailmergeError
 from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, read_entries
 from .merge import MergeResult, Plan, Work, campaign_outcomes, count_work, plan_merge, rendered_rows, send_merge
@@ -33,6 +34,7 @@ from .outcome import Outcome, Status
 from .recipients import read_recipients
 from .report import Summary, default_report_path, write_report
 from .template import TemplateSettings, load_template
+from .transport import SmtpSession
 
 EXIT_OK, EXIT_STOPPED, EXIT_INPUT, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -64,6 +66,7 @@ EncodingOption = Annotated[
     str | None, typer.Option(metavar="NAME", help="Encoding of a CSV file, e.g. cp949 (default: guessed).", show_default=False)
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show the SMTP conversation (passwords masked).")]
 AttachmentsOption = Annotated[
     Path | None,
     typer.Option(metavar="DIR", help="Attachments named by the list may also come from here (default: only the template's folder).", show_default=False),
@@ -190,6 +193,7 @@ def send(
     campaign: CampaignOption = None,
     restart: Annotated[bool, typer.Option("--restart", help="Forget what this campaign sent and send every row again.")] = False,
     resend_unknown: Annotated[bool, typer.Option("--resend-unknown", help="Send again the messages whose delivery is unknown.")] = False,
+    verbose: VerboseOption = False,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
@@ -233,7 +237,7 @@ def send(
         if outbox is not None:
             with OutboxServer(outbox) as smtp:
                 out.print(f"Sending {work.to_send} messages to the outbox {outbox}/ (nothing leaves this machine)", markup=False)
-                result = _send_with_progress(plan, journal, smtp, None, pace, work, resend_unknown, debug)
+                result = _send_with_progress(plan, journal, smtp, None, pace, work, resend_unknown, debug, verbose)
         else:
             smtp = _run(settings.require_server, debug)
             who = f" as {smtp.username}" if smtp.username else ""
@@ -242,10 +246,19 @@ def send(
                     _fail(InputError("no terminal to confirm on; add --yes to send without asking"), debug)
                 if not typer.confirm(f"About to send {work.to_send} messages via {smtp.host}:{smtp.port}{who}. Send?"):
                     raise typer.Exit(EXIT_OK)
-            prompt = (lambda text: str(typer.prompt(text, hide_input=True))) if sys.stdin.isatty() else None
-            password = _run(lambda: get_password(smtp, prompt=prompt), debug)
-            result = _send_with_progress(plan, journal, smtp, password, pace, work, resend_unknown, debug)
+            password = _secret(settings, smtp, debug)
+            result = _send_with_progress(plan, journal, smtp, password, pace, work, resend_unknown, debug, verbose)
         _finish(plan, journal, result, report_path)
+
+
+def _secret(settings: Config, smtp: SmtpConfig, debug: bool) -> str | None:
+    """The password (or token) from its first source; warns about a login without TLS."""
+    if smtp.security == "none" and smtp.username:
+        err.print(f"warning: the password for {smtp.username} goes to {smtp.host} without encryption",
+                  style="yellow", markup=False)
+    prompt = (lambda text: str(typer.prompt(text, hide_input=True))) if sys.stdin.isatty() else None
+    secret = _run(lambda: find_secret(smtp, settings.path, prompt=prompt), debug)
+    return secret.value if secret else None
 
 
 def _pace(base: SendConfig, rate: str | None, batch_size: int | None, batch_pause: str | None, max_messages: int | None) -> SendConfig:
@@ -284,7 +297,7 @@ def _say_where_we_are(journal: Journal, list_path: Path, work: Work, recovered: 
 
 def _send_with_progress(
     plan: Plan, journal: Journal, smtp: SmtpConfig, password: str | None,
-    settings: SendConfig, work: Work, resend_unknown: bool, debug: bool,
+    settings: SendConfig, work: Work, resend_unknown: bool, debug: bool, verbose: bool,
 ) -> MergeResult:
     def show_problems(outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
@@ -301,7 +314,8 @@ def _send_with_progress(
         try:
             with stop.installed():
                 return send_merge(plan, journal, smtp, password, settings, stop=stop,
-                                  resend_unknown=resend_unknown, on_row=on_row, notify=notify)
+                                  resend_unknown=resend_unknown, on_row=on_row, notify=notify,
+                                  log=notify if verbose else None)
         except KeyboardInterrupt:  # the second Ctrl-C
             return MergeResult(stopped="interrupted twice (Ctrl-C): stopped at once")
         except MailmergeError as error:
@@ -363,6 +377,78 @@ def status(
     for state in Status:
         label = "not sent yet" if state is Status.FAILED else state.value
         out.print(f"  {label:<13}{summary.counts[state]:>8,}", markup=False)
+
+
+@app.command()
+def check(
+    list_path: ListArgument,
+    template: TemplateOption = None,
+    config: ConfigOption = None,
+    smtp_check: Annotated[bool, typer.Option("--smtp", help="Also connect, start TLS, log in and quit (sends nothing).")] = False,
+    sheet: SheetOption = None,
+    encoding: EncodingOption = None,
+    attachments_dir: AttachmentsOption = None,
+    verbose: VerboseOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Check the list, the template and (with --smtp) the server and login. Sends nothing.
+
+    Example:  mailmerge check list.xlsx -t invoice.txt --smtp
+    """
+    settings, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding, attachments_dir), debug)
+    _print_invalid(plan)
+    out.print(f"list and template: {plan.to_send} rows can be sent, {len(plan.invalid)} invalid", markup=False)
+    if smtp_check:
+        smtp = _run(settings.require_server, debug)
+        secret = _secret(settings, smtp, debug)
+
+        def step(text: str) -> None:
+            out.print(f"  ok  {text}", markup=False)
+
+        log = (lambda line: err.print(line, markup=False)) if verbose else None
+        session = SmtpSession(smtp, secret, log=log, step=step)
+        _run(session.open, debug)
+        session.close()
+        step("QUIT")
+    raise typer.Exit(EXIT_REFUSED if plan.invalid else EXIT_OK)
+
+
+@app.command()
+def login(
+    config: ConfigOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Store the SMTP password in the system keyring (asked for, or read from standard input).
+
+    Example:  mailmerge login --config mailmerge.toml
+    """
+    settings = _run(lambda: load_config(find_config(Path("list"), config)), debug)
+    smtp = _run(settings.require_server, debug)
+    if not smtp.username:
+        _fail(ConfigError("no username in [smtp]: this server needs no password"), debug)
+    if sys.stdin.isatty():
+        password = str(typer.prompt(f"Password for {smtp.username} at {smtp.host}", hide_input=True))
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    _run(lambda: store_password(smtp, password), debug)
+    out.print(f"stored the password for {smtp.username} at {smtp.host} in the system keyring", markup=False)
+
+
+@app.command()
+def logout(
+    config: ConfigOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Remove the SMTP password from the system keyring.
+
+    Example:  mailmerge logout
+    """
+    settings = _run(lambda: load_config(find_config(Path("list"), config)), debug)
+    smtp = _run(settings.require_server, debug)
+    if _run(lambda: forget_password(smtp), debug):
+        out.print(f"removed the password for {smtp.username} at {smtp.host}", markup=False)
+    else:
+        out.print(f"no password was stored for {smtp.username} at {smtp.host}", markup=False)
 
 
 def _version(value: bool) -> None:

@@ -3,6 +3,7 @@
 ::
 
     [smtp]
+    provider = "gmail"         # or host, port and security:
     host = "smtp.gmail.com"
     port = 587
     security = "starttls"      # "ssl" | "starttls" | "none"
@@ -14,8 +15,8 @@
 
 The file is looked for beside the list, then in the current folder, unless
 given with ``--config``. Every ``[smtp]`` key can be overridden by an
-environment variable ``MAILMERGE_SMTP_<KEY>``. The password is never in the
-file: it comes from ``MAILMERGE_PASSWORD`` or a prompt.
+environment variable ``MAILMERGE_SMTP_<KEY>`` (also from a ``.env`` file
+beside the config). The password is never in the file: see ``credentials``.
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ import configparser
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, did_you_mean
 from .pacing import Backoff, parse_duration, parse_rate
+from .providers import PROVIDERS
 
 CONFIG_NAME = "mailmerge.toml"
-PASSWORD_VARIABLE = "MAILMERGE_PASSWORD"
 SECURITY_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
+AUTH_METHODS = ("password", "xoauth2")
 
 
 @dataclass
@@ -48,6 +50,10 @@ class SmtpConfig:
     ca_file: Path | None = None
     timeout: float = 30.0
     allow_insecure_auth: bool = False  # log in without TLS (awdeorio's "PLAIN")
+    provider: str | None = None  # a key of providers.PROVIDERS
+    auth: str = "password"  # or "xoauth2"
+    password_command: str | None = None  # prints the password
+    oauth2_token_command: str | None = None  # prints an OAuth2 access token
 
 
 @dataclass
@@ -85,16 +91,26 @@ class Config:
 
     def require_server(self) -> SmtpConfig:
         """The SMTP settings, or a ConfigError saying how to give them."""
-        if not self.smtp.host:
+        smtp = self.smtp
+        if not smtp.host:
             where = f"in {self.path}" if self.path else f"(no {CONFIG_NAME} beside the list or here)"
             raise ConfigError(
-                f"no SMTP server configured {where}: set host in [smtp] (see the README), "
-                "or try the whole path locally with --outbox DIR"
+                f"no SMTP server configured {where}: set provider or host in [smtp] (see the "
+                "README), or try the whole path locally with --outbox DIR"
             )
-        return self.smtp
+        if smtp.security == "none" and smtp.username and not smtp.allow_insecure_auth:
+            raise ConfigError(
+                f'security = "none" with a username would send the password to {smtp.host} '
+                'unencrypted; use security = "starttls" or "ssl", or set allow_insecure_auth = true '
+                "if this server is on your own machine or network"
+            )
+        return smtp
 
 
-_SMTP_KEYS = ("host", "port", "security", "username", "ca_file", "timeout")
+_SMTP_KEYS = (
+    "provider", "host", "port", "security", "username", "ca_file", "timeout",
+    "auth", "password_command", "oauth2_token_command", "allow_insecure_auth",
+)
 _MESSAGE_KEYS = ("from", "template", "unsubscribe", "css")
 _SEND_KEYS = (
     "rate", "batch_size", "batch_pause", "max_messages", "max_per_connection",
@@ -131,11 +147,19 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
     where = str(path) if path else "the environment"
     _check_keys(data, {"smtp": _SMTP_KEYS, "send": _SEND_KEYS, "message": _MESSAGE_KEYS}, where)
     base = path.parent if path else Path.cwd()
+    environ = {**dotenv_values(path), **environ}
+    send_data = _with_environment(data, "send", _SEND_KEYS, environ)
     config = Config(
         smtp=_smtp_config(_with_environment(data, "smtp", _SMTP_KEYS, environ), base, where),
-        send=_send_config(_with_environment(data, "send", _SEND_KEYS, environ), where),
+        send=_send_config(send_data, where),
         path=path,
     )
+    provider = PROVIDERS.get(config.smtp.provider or "")
+    if provider is not None:  # its published limits, unless the user set their own
+        if "rate" not in send_data and provider.per_minute:
+            config.send.rate = 60.0 / provider.per_minute
+        if "max_messages" not in send_data and provider.per_day:
+            config.send.max_messages = provider.per_day
     message = data.get("message", {})
     config.message.sender = _text(message, "from", where)
     config.message.unsubscribe = _text(message, "unsubscribe", where)
@@ -185,8 +209,7 @@ def load_awdeorio_config(path: Path, environ: Mapping[str, str] = os.environ) ->
     data = _with_environment({"smtp": data}, "smtp", _SMTP_KEYS, environ)
     config = Config(smtp=_smtp_config(data, path.parent, str(path)), path=path)
     if raw_security.lower() == "plain":
-        config.smtp.allow_insecure_auth = True
-        config.notes.append(f"{path}: security = PLAIN sends the password without encryption")
+        config.smtp.allow_insecure_auth = True  # what PLAIN means there (warned at each run)
     ratelimit = section.get("ratelimit", "0").strip()
     if ratelimit not in ("", "0"):
         config.send.rate = parse_rate(f"{ratelimit}/min")
@@ -239,7 +262,7 @@ def _check_keys(data: dict[str, Any], allowed: dict[str, tuple[str, ...]], where
             if key == "password":
                 raise ConfigError(
                     f"{where}: remove the password from the file; mailmerge reads it from "
-                    f"{PASSWORD_VARIABLE} or asks for it"
+                    "MAILMERGE_PASSWORD, a .env file, password_command or the keyring (mailmerge login)"
                 )
             if key not in allowed[section]:
                 raise ConfigError(
@@ -258,15 +281,32 @@ def _text(section: Mapping[str, Any], key: str, where: str) -> str | None:
 
 
 def _smtp_config(data: dict[str, Any], base: Path, where: str) -> SmtpConfig:
-    security = str(data.get("security", "starttls")).lower()
+    provider_name = _text(data, "provider", where)
+    preset = None
+    if provider_name:
+        preset = PROVIDERS.get(provider_name.lower())
+        if preset is None:
+            raise ConfigError(
+                f"{where}: provider = '{provider_name}' is not one of {', '.join(PROVIDERS)}"
+                f"{did_you_mean(provider_name, PROVIDERS)}"
+            )
+    security = str(data.get("security", preset.security if preset else "starttls")).lower()
     if security not in SECURITY_PORTS:
         raise ConfigError(
             f"{where}: security = '{security}' is not one of ssl, starttls, none"
             f"{did_you_mean(security, SECURITY_PORTS)}"
         )
-    config = SmtpConfig(security=security, port=SECURITY_PORTS[security])
-    config.host = str(data.get("host", config.host))
+    default_port = preset.port if preset and "security" not in data else SECURITY_PORTS[security]
+    config = SmtpConfig(security=security, port=default_port, provider=provider_name and provider_name.lower())
+    config.host = str(data.get("host", preset.host if preset else config.host))
     config.username = _text(data, "username", where)
+    config.password_command = _text(data, "password_command", where)
+    config.oauth2_token_command = _text(data, "oauth2_token_command", where)
+    config.auth = (_text(data, "auth", where) or "password").lower()
+    if config.auth not in AUTH_METHODS:
+        raise ConfigError(f"{where}: auth = '{config.auth}' is not one of {', '.join(AUTH_METHODS)}")
+    insecure = data.get("allow_insecure_auth", False)
+    config.allow_insecure_auth = insecure if isinstance(insecure, bool) else str(insecure).lower() in ("true", "1", "yes")
     ca_file = _text(data, "ca_file", where)
     if ca_file:
         config.ca_file = base / Path(ca_file).expanduser()
@@ -279,23 +319,12 @@ def _smtp_config(data: dict[str, Any], base: Path, where: str) -> SmtpConfig:
     return config
 
 
-def get_password(
-    smtp: SmtpConfig,
-    environ: Mapping[str, str] = os.environ,
-    prompt: Callable[[str], str] | None = None,
-) -> str | None:
-    """The password for ``smtp.username``: ``MAILMERGE_PASSWORD``, else ``prompt``.
+def dotenv_values(config_path: Path | None) -> dict[str, str]:
+    """The variables of the ``.env`` file beside the config (or here), if any."""
+    folder = config_path.parent if config_path else Path.cwd()
+    path = folder / ".env"
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values as read
 
-    Returns None when the server needs no login. Never stores it anywhere.
-    """
-    if not smtp.username:
-        return None
-    password = environ.get(PASSWORD_VARIABLE)
-    if password:
-        return password
-    if prompt is None:
-        raise ConfigError(
-            f"no password for {smtp.username}: set {PASSWORD_VARIABLE}, "
-            "or run in a terminal to be asked for it"
-        )
-    return prompt(f"Password for {smtp.username} at {smtp.host}")
+    return {key: value for key, value in read(path).items() if value is not None}

@@ -292,6 +292,7 @@ def send_merge(
     resend_unknown: bool = False,
     on_row: Callable[[list[Outcome]], None] = lambda outcomes: None,
     notify: Callable[[str], None] = lambda text: None,
+    log: Callable[[str], None] | None = None,
 ) -> MergeResult:
     """Send what is left of the campaign through one SMTP session.
 
@@ -299,13 +300,14 @@ def send_merge(
     ``resend_unknown``); a connection or login error before the first message
     is raised. Later faults are survived (reconnect, retry) within the bounds
     of ``settings``; when they are not, the result carries the error.
-    ``on_row`` gets each message's outcomes; ``notify`` gets news for the user.
+    ``on_row`` gets each message's outcomes; ``notify`` gets news for the user;
+    ``log`` gets the SMTP conversation, its secrets masked.
     """
     settings = settings or SendConfig()
     stop = stop or StopSignal()
     client = SmtpClient(
         smtp, password, backoff=settings.reconnect, stop=stop,
-        max_per_connection=settings.max_per_connection, notify=notify,
+        max_per_connection=settings.max_per_connection, notify=notify, log=log,
     )
     try:
         result = _Run(plan, journal, client, settings, stop, on_row, notify).run(resend_unknown)

@@ -21,6 +21,7 @@ from .errors import AuthenticationError, ConnectError, ConnectionLost, SendError
 from .message import EnvelopeRecipient, OutgoingMessage
 from .outcome import Outcome, Status
 from .pacing import Backoff, StopSignal
+from .providers import login_hint
 
 # Tried in this order; only ONE is attempted (smtplib's login() tries them all,
 # which counts double against an account's lockout).
@@ -31,27 +32,80 @@ def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
 
 
-def auth_hint(host: str) -> str:
-    """What a user of this provider usually needs to do when the login fails."""
-    host = host.lower()
-    if host.endswith(("gmail.com", "googlemail.com")):
-        return (
-            "Gmail needs an App Password (Google account > Security > 2-Step "
-            "Verification > App passwords), not your normal password."
-        )
-    return "Check the username in mailmerge.toml and the password in MAILMERGE_PASSWORD."
+def _xoauth2(username: str, token: str) -> Callable[[bytes | None], str]:
+    """SASL XOAUTH2 for smtplib's auth(): the initial response, then an empty
+    answer to the server's error challenge, so a refused token ends in 535."""
+
+    def respond(challenge: bytes | None = None) -> str:
+        return f"user={username}\x01auth=Bearer {token}\x01\x01" if challenge is None else ""
+
+    return respond
+
+
+class _Conversation:
+    """Mixin for smtplib's classes: tell ``log`` every command and reply, with
+    the secrets of an AUTH exchange masked (smtplib's own debug output shows
+    them, base64-encoded) and a message's content summed up in one line."""
+
+    log: Callable[[str], None] | None = None
+    _in_auth = False
+
+    def send(self, s: bytes | str) -> None:
+        if self.log is not None:
+            text = s.decode("utf-8", "replace") if isinstance(s, bytes) else s
+            if text.upper().startswith("AUTH "):
+                self._in_auth = True
+                self.log("C: " + " ".join(text.split()[:2]) + " ********")
+            elif self._in_auth:
+                self.log("C: ********")
+            elif text.count("\n") > 1 or len(text) > 1000:
+                self.log(f"C: (the message, {len(s)} bytes)")
+            else:
+                self.log("C: " + text.rstrip("\r\n"))
+        super().send(s)  # type: ignore[misc]
+
+    def getreply(self) -> tuple[int, bytes]:
+        code, reply = super().getreply()  # type: ignore[misc]
+        if code != 334:
+            self._in_auth = False
+        if self.log is not None:
+            lines = _text(reply).splitlines() or [""]
+            for line in lines:
+                self.log(f"S: {code} {line if code != 334 else '********'}")
+        return code, reply
+
+
+class _SMTP(_Conversation, smtplib.SMTP):
+    pass
+
+
+class _SMTPSSL(_Conversation, smtplib.SMTP_SSL):
+    pass
 
 
 class SmtpSession:
     """One SMTP session for a whole run. Use as a context manager::
 
-        with SmtpSession(config, password) as session:
+        with SmtpSession(config, secret) as session:
             outcomes = session.send(message)
+
+    ``secret`` is the password, or the OAuth2 access token with
+    ``auth = "xoauth2"``. ``log`` receives the conversation (``--verbose``);
+    ``step`` receives one line per stage reached (``mailmerge check``).
     """
 
-    def __init__(self, config: SmtpConfig, password: str | None = None) -> None:
+    def __init__(
+        self,
+        config: SmtpConfig,
+        secret: str | None = None,
+        *,
+        log: Callable[[str], None] | None = None,
+        step: Callable[[str], None] = lambda text: None,
+    ) -> None:
         self.config = config
-        self._password = password
+        self._secret = secret
+        self._log = log
+        self._step = step
         self._smtp: smtplib.SMTP | None = None
 
     # --- opening and closing ------------------------------------------------
@@ -66,18 +120,23 @@ class SmtpSession:
         )
         where = f"{config.host}:{config.port}"
         try:
+            smtp: smtplib.SMTP
             if config.security == "ssl":
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                    config.host, config.port, timeout=config.timeout, context=context
-                )
+                smtp = _SMTPSSL(timeout=config.timeout, context=context)
             else:
-                smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+                smtp = _SMTP(timeout=config.timeout)
+            smtp.log = self._log  # type: ignore[attr-defined]
             self._smtp = smtp
+            # Created without a host so the greeting is logged too; smtplib takes
+            # the TLS server name (checked against the certificate) from _host.
+            smtp._host = config.host  # type: ignore[attr-defined]
+            smtp.connect(config.host, config.port)
             # The end of DATA goes out as its own small write (after the journal's
             # in-flight mark): without this, Nagle's algorithm holds it back until
             # the previous write is acknowledged, 40 ms later.
             assert smtp.sock is not None
             smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._step(f"connected to {where}")
             smtp.ehlo()
             if config.security == "starttls":
                 if not smtp.has_extn("starttls"):
@@ -88,6 +147,9 @@ class SmtpSession:
                     )
                 smtp.starttls(context=context)
                 smtp.ehlo()
+            if config.security != "none":
+                version = smtp.sock.version() if isinstance(smtp.sock, ssl.SSLSocket) else "?"
+                self._step(f"{version}, certificate verified for {config.host}")
             if config.username:
                 self._login(smtp)
         except SendError:
@@ -113,25 +175,32 @@ class SmtpSession:
             raise ConnectError(f"cannot connect to {where}: {error}; check host and port in [smtp]") from error
 
     def _login(self, smtp: smtplib.SMTP) -> None:
+        """AUTH once, with one mechanism: a refused password is never tried twice."""
+        config = self.config
         offered = smtp.esmtp_features.get("auth", "").upper().split()
-        mechanism = next((m for m in AUTH_MECHANISMS if m in offered), None)
+        wanted = ("XOAUTH2",) if config.auth == "xoauth2" else AUTH_MECHANISMS
+        mechanism = next((m for m in wanted if m in offered), None)
         if mechanism is None:
             raise AuthenticationError(
-                f"{self.config.host} offers no login mechanism mailmerge knows "
-                f"(offered: {' '.join(offered) or 'none'}); if it needs no login, "
-                "remove username from [smtp]"
+                f"{config.host} offers no login mechanism mailmerge can use "
+                f"(offered: {' '.join(offered) or 'none'}; wanted: {' or '.join(wanted)}); "
+                "if it needs no login, remove username from [smtp]"
             )
-        smtp.user, smtp.password = self.config.username or "", self._password or ""
+        secret = self._secret or ""
         try:
-            method = getattr(smtp, "auth_" + mechanism.lower().replace("-", "_"))
-            smtp.auth(mechanism, method)
+            if mechanism == "XOAUTH2":
+                smtp.auth(mechanism, _xoauth2(config.username or "", secret))
+            else:
+                smtp.user, smtp.password = config.username or "", secret
+                smtp.auth(mechanism, getattr(smtp, "auth_" + mechanism.lower().replace("-", "_")))
         except smtplib.SMTPAuthenticationError as error:
             raise AuthenticationError(
-                f"{self.config.host} refused the login for {self.config.username}: "
-                f"{error.smtp_code} {_text(error.smtp_error)}. {auth_hint(self.config.host)}"
+                f"{config.host} refused the login for {config.username}: "
+                f"{error.smtp_code} {_text(error.smtp_error)}. {login_hint(config.host, config.provider)}"
             ) from None  # smtplib's own error may hold the encoded credentials
         finally:
             smtp.password = ""
+        self._step(f"logged in as {config.username} ({mechanism})")
 
     def close(self) -> None:
         """Say QUIT and close; never raises."""
@@ -309,8 +378,9 @@ class SmtpClient:
         stop: StopSignal,
         max_per_connection: int = 0,
         notify: Callable[[str], None] = lambda text: None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
-        self.session = SmtpSession(config, password)
+        self.session = SmtpSession(config, password, log=log)
         self.backoff = backoff
         self.stop = stop
         self.max_per_connection = max_per_connection

@@ -148,7 +148,7 @@ def test_plain_security_logs_in_without_tls_and_warns(tmp_path: Path) -> None:
         code, output = merge(tmp_path, PLAIN, server, server_conf(server, "PLAIN", USER))
     assert code == 0, output
     assert server.auth_successes == 1
-    assert "sends the password without encryption" in output
+    assert "goes to 127.0.0.1 without encryption" in output
 
 
 def test_ratelimit_is_messages_per_minute(tmp_path: Path) -> None:
