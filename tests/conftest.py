@@ -86,10 +86,12 @@ class Run:
         return self.stdout + self.stderr
 
 
-def run_cli(*args: str | Path, password: str | None = PASSWORD, env: dict[str, str] | None = None) -> Run:
-    """Run ``mailmerge ARGS`` in-process (no terminal on stdin)."""
+def run_cli(
+    *args: str | Path, password: str | None = PASSWORD, env: dict[str, str] | None = None, stdin: str | None = None
+) -> Run:
+    """Run ``mailmerge ARGS`` in-process (standard input is a pipe, not a terminal)."""
     environment = {"MAILMERGE_PASSWORD": password, **(env or {})}
-    result = CliRunner().invoke(app, [str(a) for a in args], env=environment, catch_exceptions=False)
+    result = CliRunner().invoke(app, [str(a) for a in args], env=environment, input=stdin, catch_exceptions=False)
     return Run(result.exit_code, result.stdout, result.stderr)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import email
+import json
+from base64 import b64decode
 import email.policy
 import shutil
 import socket
@@ -142,6 +144,19 @@ class _Handler:
             await asyncio.sleep(self.faults.reply_delay)
         return "250 OK"
 
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        """SASL XOAUTH2 as Gmail and Microsoft 365 do it: a bad token gets a 334
+        challenge holding a JSON error; the client's empty answer gets 535."""
+        raw: Any = b64decode(args[1]) if len(args) == 2 else await server.challenge_auth("")
+        fields = dict(item.split("=", 1) for item in bytes(raw).decode().split("\x01") if "=" in item)
+        self.owner.auth_attempts += 1
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        if token and self.owner.oauth2_tokens.get(fields.get("user", "")) == token:
+            self.owner.auth_successes += 1
+            return AuthResult(success=True)
+        await server.challenge_auth(json.dumps({"status": "401", "schemes": "bearer"}))
+        return AuthResult(success=False, handled=False)
+
     def handle_STARTTLS(self, server: SMTP, session: Session, envelope: Envelope) -> bool:
         # Called (synchronously) once the STARTTLS handshake has succeeded.
         self.owner.starttls_count += 1
@@ -183,12 +198,13 @@ class SmtpTestServer:
     def __init__(self, *, tls: bool = False, auth: dict[str, str] | None = None,
                  refuse: Iterable[str] = (), smtputf8: bool = True,
                  cert_dir: Path | None = None, implicit_tls: bool = False,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, oauth2_tokens: dict[str, str] | None = None) -> None:
         if tls and implicit_tls:
             raise ValueError("choose STARTTLS (tls) or SMTPS (implicit_tls), not both")
         self.tls, self.implicit_tls, self.smtputf8 = tls, implicit_tls, smtputf8
         self.auth = dict(auth) if auth is not None else None
         self.faults = faults or Faults()
+        self.oauth2_tokens = dict(oauth2_tokens or {})  # user -> the one valid access token
         self.faults.refuse |= {address.lower() for address in refuse}
         self.cert_dir = cert_dir
         self.port = 0
@@ -238,12 +254,13 @@ class SmtpTestServer:
         kwargs: dict[str, Any] = {"enable_SMTPUTF8": self.smtputf8}
         if self.tls:
             kwargs.update(tls_context=ctx, require_starttls=True)
-        if self.auth is not None:  # AUTH on plain/SMTPS needs auth_require_tls off:
-            # aiosmtpd only counts STARTTLS as "TLS".
+        if self.auth is not None or self.oauth2_tokens:  # AUTH on plain/SMTPS needs
+            # auth_require_tls off: aiosmtpd only counts STARTTLS as "TLS".
             kwargs.update(authenticator=self._authenticate, auth_required=True,
                           auth_require_tls=self.tls)
-        else:  # advertise no mechanism at all
-            kwargs.update(auth_exclude_mechanism=["PLAIN", "LOGIN"])
+        excluded = [] if self.auth is not None else ["PLAIN", "LOGIN"]
+        excluded += [] if self.oauth2_tokens else ["XOAUTH2"]
+        kwargs.update(auth_exclude_mechanism=excluded)
         self.port = free_port()
         self._controller = _Controller(
             _Handler(self), hostname=HOST, port=self.port, server_hostname="localhost",
