@@ -190,6 +190,7 @@ def send(
     batch_size: Annotated[int | None, typer.Option(metavar="N", help="Pause after every N messages (see --batch-pause).", show_default=False)] = None,
     batch_pause: Annotated[str | None, typer.Option(metavar="TIME", help="How long to pause between batches: 30s, 10m, 1h.", show_default=False)] = None,
     max_messages: Annotated[int | None, typer.Option(metavar="N", help="Stop after N messages (a daily cap); the next run goes on.", show_default=False)] = None,
+    connections: Annotated[int | None, typer.Option(metavar="N", help="Send through N sessions side by side (relays that allow it).", show_default=False)] = None,
     campaign: CampaignOption = None,
     restart: Annotated[bool, typer.Option("--restart", help="Forget what this campaign sent and send every row again.")] = False,
     resend_unknown: Annotated[bool, typer.Option("--resend-unknown", help="Send again the messages whose delivery is unknown.")] = False,
@@ -210,7 +211,7 @@ def send(
     """
     settings, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding, attachments_dir), debug)
     _print_invalid(plan)
-    pace = _run(lambda: _pace(settings.send, rate, batch_size, batch_pause, max_messages), debug)
+    pace = _run(lambda: _pace(settings.send, rate, batch_size, batch_pause, max_messages, connections), debug)
     name = campaign_id(list_path, plan.template.text, campaign)
     folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
     if dry_run:
@@ -261,7 +262,10 @@ def _secret(settings: Config, smtp: SmtpConfig, debug: bool) -> str | None:
     return secret.value if secret else None
 
 
-def _pace(base: SendConfig, rate: str | None, batch_size: int | None, batch_pause: str | None, max_messages: int | None) -> SendConfig:
+def _pace(
+    base: SendConfig, rate: str | None, batch_size: int | None, batch_pause: str | None,
+    max_messages: int | None, connections: int | None,
+) -> SendConfig:
     """The [send] settings with the command line's options on top."""
     settings = replace(base)
     if rate is not None:
@@ -272,6 +276,10 @@ def _pace(base: SendConfig, rate: str | None, batch_size: int | None, batch_paus
         settings.batch_pause = parse_duration(batch_pause, "--batch-pause")
     if max_messages is not None:
         settings.max_messages = max_messages
+    if connections is not None:
+        if connections < 1:
+            raise InputError("--connections must be 1 or more")
+        settings.connections = connections
     return settings
 
 

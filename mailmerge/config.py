@@ -65,6 +65,7 @@ class SendConfig:
     batch_pause: float = 0.0  # seconds between batches
     max_messages: int = 0  # stop after this many in one run; 0: no limit
     max_per_connection: int = 0  # start a new session after this many; 0: no limit
+    connections: int = 1  # sessions side by side (relays that allow several)
     reconnect: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=60.0, attempts=5))
     retry: Backoff = field(default_factory=lambda: Backoff(initial=30.0, maximum=600.0, attempts=3))
 
@@ -113,7 +114,7 @@ _SMTP_KEYS = (
 )
 _MESSAGE_KEYS = ("from", "template", "unsubscribe", "css")
 _SEND_KEYS = (
-    "rate", "batch_size", "batch_pause", "max_messages", "max_per_connection",
+    "rate", "batch_size", "batch_pause", "max_messages", "max_per_connection", "connections",
     "reconnect_attempts", "reconnect_delay", "reconnect_max_delay",
     "retry_attempts", "retry_delay", "retry_max_delay",
 )
@@ -235,7 +236,7 @@ def _send_config(data: dict[str, Any], where: str) -> SendConfig:
             config.rate = parse_rate(str(data["rate"])) if data["rate"] else 0.0
         if "batch_pause" in data:
             config.batch_pause = parse_duration(data["batch_pause"], "batch_pause")
-        for key in ("batch_size", "max_messages", "max_per_connection"):
+        for key in ("batch_size", "max_messages", "max_per_connection", "connections"):
             if key in data:
                 setattr(config, key, int(data[key]))
         for name in ("reconnect", "retry"):

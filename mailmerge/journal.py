@@ -132,7 +132,9 @@ class Journal:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / JOURNAL_FILE
         # Autocommit: every write below is its own short, explicit transaction.
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        # Sessions side by side (--connections) write from their threads, one at a
+        # time (the send loop holds a lock around every journal call).
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)

@@ -16,6 +16,7 @@ memory does not grow with the length of the list.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from .outcome import Outcome, Status
 from .pacing import Pacer, StopSignal
 from .recipients import Recipient, RecipientList
 from .template import Draft, MailTemplate
-from .transport import SmtpClient
+from .transport import Job, SmtpClient
 
 # States after which an address is not sent again by a later run.
 DONE = {Status.SENT.value, Status.REFUSED.value, Status.UNKNOWN.value}
@@ -174,40 +175,45 @@ class _Retry:
     due: float
     row: int
     attempt: int = field(compare=False)
-    recipient: Recipient = field(compare=False)
-    message: OutgoingMessage = field(compare=False)
-    targets: list[EnvelopeRecipient] = field(compare=False)
+    job: Job = field(compare=False)
 
 
 class _Run:
-    """One run of ``send``: the loop, with its pacing, retries and journal."""
+    """One run of ``send``: hands the sessions one message at a time (rows in
+    order, deferred ones again when due), paced, and journals what comes back.
+
+    Several sessions (``connections``) ask for messages from their own
+    threads, so everything here runs under one lock.
+    """
 
     def __init__(
         self,
         plan: Plan,
         journal: Journal,
-        client: SmtpClient,
         settings: SendConfig,
         stop: StopSignal,
         on_row: Callable[[list[Outcome]], None],
         notify: Callable[[str], None],
     ) -> None:
-        self.plan, self.journal, self.client = plan, journal, client
-        self.settings, self.stop, self.on_row, self.notify = settings, stop, on_row, notify
+        self.plan, self.journal, self.settings = plan, journal, settings
+        self.stop, self.on_row, self.notify = stop, on_row, notify
         self.pacer = Pacer(settings.rate, settings.batch_size, settings.batch_pause)
         self.retries: list[_Retry] = []
         self.result = MergeResult()
+        self.lock = threading.RLock()
+        self._rows: Iterator[Job] = iter(())
+        self._paused_at = 0
 
-    def run(self, resend_unknown: bool) -> MergeResult:
+    def start(self, resend_unknown: bool) -> None:
         self.journal.record(o for outcomes in self.plan.invalid.values() for o in outcomes)
-        entries = self.journal.entries()
+        self._rows = self._row_jobs(self.journal.entries(), resend_unknown)
+
+    def _row_jobs(self, entries: dict[tuple[int, str], Entry], resend_unknown: bool) -> Iterator[Job]:
+        """A job for each row with something left to send, built when asked for."""
         first_sent = {e.row: e for e in entries.values() if e.message_id}  # identity to keep
         for recipient in self.plan.recipients:
             if recipient.row in self.plan.invalid:
                 continue
-            if not self._may_continue():
-                break
-            self._send_due_retries()
             draft = self.plan.template.render(recipient)
             targets = _left(check_addresses(draft).envelope, entries, recipient.row, resend_unknown)
             if not targets:
@@ -220,17 +226,74 @@ class _Run:
                     date=earlier.date if earlier else "",
                 )
             except InvalidRow as error:
-                self.plan.invalid[recipient.row] = invalid_outcomes(recipient.row, draft, error)
+                self.plan.invalid[recipient.row] = outcomes = invalid_outcomes(recipient.row, draft, error)
+                self.journal.record(outcomes)
                 continue
-            self._deliver(recipient, message, targets, attempt=1)
-        while self.retries and self._may_continue():
-            if self.stop.sleep(self.retries[0].due - time.monotonic()):
-                self._send_due_retries()
-        return self.result
+            yield self._job(recipient, message, targets, attempt=1)
+
+    def _job(self, recipient: Recipient, message: OutgoingMessage, targets: list[EnvelopeRecipient], attempt: int) -> Job:
+        fingerprint = row_hash(recipient.values)
+
+        def before_end(accepted: list[EnvelopeRecipient]) -> None:
+            marks = [Outcome(message.row, r.field, r.address, Status.UNKNOWN, None, "", message.message_id) for r in accepted]
+            with self.lock:
+                self.journal.mark_in_flight(marks, date=message.date, fingerprint=fingerprint)
+
+        def done(outcomes: list[Outcome]) -> None:
+            with self.lock:
+                self.pacer.completed()
+                self.journal.record(outcomes, date=message.date, fingerprint=fingerprint)
+                self.on_row(outcomes)
+                deferred = [t for t in job.targets
+                            if any(o.address == t.address and o.status is Status.DEFERRED for o in outcomes)]
+                retry = self.settings.retry
+                if deferred and attempt <= retry.attempts:
+                    delay = retry.delay(attempt)
+                    again = self._job(recipient, message, deferred, attempt + 1)
+                    self.retries.append(_Retry(time.monotonic() + delay, message.row, attempt + 1, again))
+                    self.retries.sort()
+                    self.notify(f"row {message.row}: deferred by the server; trying again in {delay:g} s")
+
+        job = Job(message, targets, before_end, done)
+        return job
+
+    def next_job(self, wait: bool) -> Job | None:
+        """The next message to send, or None: the end, a stop, or (``wait``
+        False) nothing ready without waiting."""
+        with self.lock:
+            while self._may_continue():
+                if self.pacer.batch_done and self._paused_at != self.pacer.handed:
+                    if not wait:
+                        return None
+                    self._paused_at = self.pacer.handed
+                    self.notify(f"batch of {self.settings.batch_size} sent; pausing {self.settings.batch_pause:g} s")
+                    if not self.stop.sleep(self.settings.batch_pause):
+                        continue
+                delay = self.pacer.delay()
+                if delay > 0:
+                    if not wait:
+                        return None
+                    self.stop.sleep(delay)
+                    continue
+                job = self._due_retry() or next(self._rows, None)
+                if job is None:
+                    if not self.retries or not wait:
+                        return None
+                    self.stop.sleep(self.retries[0].due - time.monotonic())
+                    continue
+                self.pacer.handed_one()
+                self.result.messages += 1
+                return job
+            return None
+
+    def _due_retry(self) -> Job | None:
+        if self.retries and self.retries[0].due <= time.monotonic():
+            return self.retries.pop(0).job
+        return None
 
     def _may_continue(self) -> bool:
         if self.stop.requested:
-            self.result.stopped = self.stop.reason
+            self.result.stopped = self.result.stopped or self.stop.reason
             return False
         limit = self.settings.max_messages
         if limit and self.result.messages >= limit:
@@ -238,47 +301,11 @@ class _Run:
             return False
         return True
 
-    def _send_due_retries(self) -> None:
-        while self.retries and self.retries[0].due <= time.monotonic() and self._may_continue():
-            retry = self.retries.pop(0)
-            self._deliver(retry.recipient, retry.message, retry.targets, retry.attempt)
-
-    def _deliver(self, recipient: Recipient, message: OutgoingMessage, targets: list[EnvelopeRecipient], attempt: int) -> None:
-        if self.pacer.batch_done and self.settings.batch_pause:
-            self.notify(f"batch of {self.settings.batch_size} sent; pausing {self.settings.batch_pause:g} s")
-            if not self.stop.sleep(self.settings.batch_pause):
-                return
-            self.client.refresh_after_pause()
-        if not self.pacer.wait(self.stop):
-            return
-        fingerprint = row_hash(recipient.values)
-
-        def in_flight(accepted: list[EnvelopeRecipient]) -> None:
-            marks = [Outcome(message.row, r.field, r.address, Status.UNKNOWN, None, "", message.message_id) for r in accepted]
-            self.journal.mark_in_flight(marks, date=message.date, fingerprint=fingerprint)
-
-        self.result.messages += 1
-        try:
-            outcomes = self.client.send(message, targets, in_flight)
-        except SendError as error:  # the server stayed away, or refused the login
-            if isinstance(error, ConnectionLost):
-                self.journal.record(error.outcomes, date=message.date, fingerprint=fingerprint)
-                self.on_row(error.outcomes)
-            self.result.error = error
+    def failed(self, error: SendError) -> None:
+        """A session gave up (or could not log in): the others stop too."""
+        with self.lock:
+            self.result.error = self.result.error or error
             self.stop.request(str(error))
-            return
-        # Spacing counts from the server's reply, so the provider never sees two
-        # messages closer than the rate (the first one also opened the session).
-        self.pacer.sent()
-        self.journal.record(outcomes, date=message.date, fingerprint=fingerprint)
-        self.on_row(outcomes)
-        deferred = [r for r in targets if any(o.address == r.address and o.status is Status.DEFERRED for o in outcomes)]
-        retry = self.settings.retry
-        if deferred and attempt <= retry.attempts:
-            delay = retry.delay(attempt)
-            self.retries.append(_Retry(time.monotonic() + delay, message.row, attempt + 1, recipient, message, deferred))
-            self.retries.sort()
-            self.notify(f"row {message.row}: deferred by the server; trying again in {delay:g} s")
 
 
 def send_merge(
@@ -294,7 +321,8 @@ def send_merge(
     notify: Callable[[str], None] = lambda text: None,
     log: Callable[[str], None] | None = None,
 ) -> MergeResult:
-    """Send what is left of the campaign through one SMTP session.
+    """Send what is left of the campaign through one SMTP session (or
+    ``settings.connections`` sessions side by side).
 
     Skips every address the journal has as sent, refused or unknown (unless
     ``resend_unknown``); a connection or login error before the first message
@@ -305,17 +333,43 @@ def send_merge(
     """
     settings = settings or SendConfig()
     stop = stop or StopSignal()
-    client = SmtpClient(
-        smtp, password, backoff=settings.reconnect, stop=stop,
-        max_per_connection=settings.max_per_connection, notify=notify, log=log,
-    )
+    run = _Run(plan, journal, settings, stop, on_row, notify)
+    run.start(resend_unknown)
+    clients = [
+        SmtpClient(smtp, password, backoff=settings.reconnect, stop=stop,
+                   max_per_connection=settings.max_per_connection, notify=notify, log=log)
+        for _ in range(max(1, settings.connections))
+    ]
+    errors: list[BaseException] = []
+
+    def serve(client: SmtpClient) -> None:
+        try:
+            client.stream(run.next_job)
+        except ConnectionLost as error:  # gave up reconnecting
+            run.failed(error)
+        except SendError as error:  # the first connection or the login failed
+            errors.append(error)
+            run.failed(error)
+        finally:
+            client.close()
+
     try:
-        result = _Run(plan, journal, client, settings, stop, on_row, notify).run(resend_unknown)
+        if len(clients) == 1:
+            serve(clients[0])
+        else:
+            threads = [threading.Thread(target=serve, args=(c,), daemon=True) for c in clients]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)  # short waits: Ctrl-C is handled in this thread
     except KeyboardInterrupt:
-        client.session.abort()  # a second Ctrl-C: quit at once
+        for client in clients:
+            client.session.abort()  # a second Ctrl-C: quit at once
         raise
-    client.close()
-    return result
+    if errors and run.result.messages <= len(errors):
+        raise errors[0]  # nothing could be sent: a setting is wrong
+    return run.result
 
 
 # --- the report of the whole campaign -----------------------------------------------

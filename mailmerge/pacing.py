@@ -86,32 +86,37 @@ class StopSignal:
 
 @dataclass
 class Pacer:
-    """Spaces messages: at most one every ``interval`` seconds (a token bucket
-    holding one token: no burst at the start), and a pause of ``batch_pause``
+    """Spaces messages: one every ``interval`` seconds at most (a token bucket
+    holding one token: no burst at the start), counted from the later of the
+    last message handed out and the last one the server answered, so the
+    provider never sees two closer than that; and a pause of ``batch_pause``
     after every ``batch_size`` messages."""
 
     interval: float = 0.0
     batch_size: int = 0
     batch_pause: float = 0.0
+    handed: int = 0  # messages handed to a session so far
     _last: float | None = None
-    _sent: int = 0
 
-    def wait(self, stop: StopSignal) -> bool:
-        """Wait until the next message may go; False when a stop was requested."""
-        if self._last is not None and self.interval > 0:
-            if not stop.sleep(self._last + self.interval - time.monotonic()):
-                return False
-        return not stop.requested
+    def delay(self) -> float:
+        """Seconds to wait before the next message may go."""
+        if self._last is None or self.interval <= 0:
+            return 0.0
+        return max(0.0, self._last + self.interval - time.monotonic())
 
-    def sent(self) -> None:
-        """Count a message that went out now."""
+    def handed_one(self) -> None:
+        """A message is handed to a session now."""
+        self.handed += 1
         self._last = time.monotonic()
-        self._sent += 1
+
+    def completed(self) -> None:
+        """The server answered a message now."""
+        self._last = time.monotonic()
 
     @property
     def batch_done(self) -> bool:
-        """True right after the last message of a batch (before the next one)."""
-        return self.batch_size > 0 and self._sent > 0 and self._sent % self.batch_size == 0
+        """True right after the last message of a batch was handed out."""
+        return self.batch_size > 0 and self.handed > 0 and self.handed % self.batch_size == 0
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ gets its own outcome with the server's code and text. A 5xx is a refusal; a
 
 from __future__ import annotations
 
+import collections
 import re
 import smtplib
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from .config import SmtpConfig
@@ -63,6 +65,17 @@ class _Conversation:
             else:
                 self.log("C: " + text.rstrip("\r\n"))
         super().send(s)  # type: ignore[misc]
+
+    def send_group(self, payload: bytes, described: list[str]) -> None:
+        """Send several commands (and a message) in one write: pipelining."""
+        if self.log is not None:
+            for line in described:
+                self.log("C: " + line)
+        log, self.log = self.log, None
+        try:
+            self.send(payload)
+        finally:
+            self.log = log
 
     def getreply(self) -> tuple[int, bytes]:
         code, reply = super().getreply()  # type: ignore[misc]
@@ -336,13 +349,175 @@ class SmtpSession:
         except (smtplib.SMTPException, OSError):
             self.abort()
 
-    def noop(self) -> bool:
-        """Check the session is alive (after a long pause)."""
+    # --- a stream of messages, pipelined when the server allows ----------------
+
+    def stream(self, next_job: Callable[[bool], Job | None], limit: int = 0) -> int:
+        """Send the jobs ``next_job`` gives until it gives None (or ``limit``
+        messages); return how many were handled.
+
+        ``next_job(False)`` must not wait: None then means "none ready now"
+        and the session finishes what it has before asking ``next_job(True)``.
+        With PIPELINING (RFC 2920) each message costs one round trip: its
+        content, the final ``.``, and the next message's MAIL, RCPTs and DATA go
+        in one write. Raises :class:`_Interrupted` when the connection drops
+        or the server says 421, with the jobs to send again.
+        """
+        smtp = self._smtp
+        assert smtp is not None
+        if smtp.has_extn("pipelining"):
+            return self._stream_pipelined(smtp, next_job, limit)
+        handled = 0
+        while not limit or handled < limit:
+            job = next_job(True)
+            if job is None:
+                break
+            try:
+                outcomes = self.send(job.message, job.targets, job.before_end)
+            except ConnectionLost as lost:
+                retry = [o for o in lost.outcomes if o.status is Status.FAILED]
+                job.done([o for o in lost.outcomes if o.status is not Status.FAILED])
+                raise _Interrupted(lost, [(job, retry)] if retry else [], handled) from lost
+            handled += 1
+            job.done(outcomes)
+        return handled
+
+    def _stream_pipelined(self, smtp: smtplib.SMTP, next_job: Callable[[bool], Job | None], limit: int) -> int:
+        eightbit = smtp.has_extn("8bitmime")
+        handled = 0
+
+        def pull(wait: bool) -> Job | None:
+            return None if limit and handled >= limit else self._sendable(lambda: next_job(wait), smtp)
+
+        job = pull(True)
+        payload, described = b"", []  # the previous message's content and end, not sent yet
+        past_dot: Job | None = None  # its end of DATA went out; no reply read yet
+        outstanding: Job | None = None  # its MAIL/RCPT/DATA went out; replies not all read
         try:
-            return self._smtp is not None and self._smtp.noop()[0] == 250
-        except (smtplib.SMTPException, OSError):
+            while job is not None:
+                group, lines = _envelope(job, eightbit)
+                smtp.send_group(payload + group, described + lines)  # type: ignore[attr-defined]
+                payload, described, outstanding = b"", [], job
+                if past_dot is not None:
+                    self._finish(past_dot, smtp, job)
+                    past_dot = None
+                accepted, replied, data_code, data_reply = self._read_envelope(job, smtp)
+                outstanding = None
+                handled += 1
+                nxt: Job | None = None
+                if data_code == 354 and accepted:
+                    nxt = pull(False)
+                    job.before_end(accepted)
+                    content = _dot_stuffed(job.message.as_bytes(eightbit=eightbit))
+                    payload, described = content + b".\r\n", [f"(the message, {len(content)} bytes)", "."]
+                    past_dot, job.accepted, job.replied = job, accepted, replied
+                    if nxt is None:  # none ready: finish this one before waiting for the next
+                        smtp.send_group(payload, described)  # type: ignore[attr-defined]
+                        payload, described = b"", []
+                        self._finish(past_dot, smtp, None)
+                        past_dot = None
+                else:
+                    job.done(_settled(job, replied, accepted, data_code, data_reply))
+                    smtp.send_group(b"RSET\r\n", ["RSET"])  # type: ignore[attr-defined]
+                    self._check(smtp.getreply(), None)  # the failed transaction is over
+                job = nxt if nxt is not None else pull(True)
+        except (smtplib.SMTPServerDisconnected, OSError) as error:
             self.abort()
-            return False
+            if past_dot is not None:  # maybe delivered: never sent again on its own
+                past_dot.done(_settled(
+                    past_dot, past_dot.replied, past_dot.accepted, None,
+                    "the connection was lost after the message was sent and before the server "
+                    "confirmed it: it may have been delivered", Status.UNKNOWN,
+                ))
+            lost = ConnectionLost(f"the connection to {self.config.host} was lost: {error or 'closed'}")
+            raise _Interrupted(lost, [(outstanding, [])] if outstanding else [], handled) from error
+        except _Interrupted as interrupted:
+            interrupted.handled = handled
+            raise
+        return handled
+
+    def _sendable(self, pull: Callable[[], Job | None], smtp: smtplib.SMTP) -> Job | None:
+        """The next job; one that needs SMTPUTF8 the server lacks is settled here."""
+        job = pull()
+        while job is not None and job.message.smtputf8 and not smtp.has_extn("smtputf8"):
+            job.done(self.send(job.message, job.targets))  # refused without a word on the wire
+            job = pull()
+        return job
+
+    def _read_envelope(self, job: Job, smtp: smtplib.SMTP) -> tuple[list[EnvelopeRecipient], dict[str, Outcome], int, str]:
+        """Read the replies to MAIL, each RCPT and DATA of a pipelined group."""
+        replied: dict[str, Outcome] = {}
+        mail_code, mail_reply = self._check(smtp.getreply(), job)
+        accepted = []
+        for target in job.targets:
+            code, reply = self._check(smtp.getreply(), job)
+            if mail_code != 250:
+                code, reply = mail_code, mail_reply  # RCPT got "503 need MAIL": MAIL's reply says why
+            if code in (250, 251):
+                accepted.append(target)
+            else:
+                replied[target.address] = _outcome(job, target, status_of(code), code, reply)
+        data_code, data_reply = self._check(smtp.getreply(), job)
+        if data_code == 354 and not accepted:  # a server that said 354 anyway: send an empty message
+            smtp.send_group(b".\r\n", ["."])  # type: ignore[attr-defined]
+            self._check(smtp.getreply(), job)
+            data_code, data_reply = 503, "no recipient was accepted"
+        return accepted, replied, data_code, data_reply
+
+    def _finish(self, job: Job, smtp: smtplib.SMTP, outstanding: Job | None) -> None:
+        """Read the reply to a message's end of DATA and settle it."""
+        code, reply = smtp.getreply()
+        if code == 421:  # not taken; the server is closing: send it again elsewhere
+            self.abort()
+            raise _Interrupted(ConnectionLost(f"{self.config.host} closed the session: 421 {_text(reply)}"),
+                               [(job, [])] + ([(outstanding, [])] if outstanding else []), 0)
+        job.done(_settled(job, job.replied, job.accepted, code, _text(reply)))
+
+    def _check(self, answer: tuple[int, bytes], job: Job | None) -> tuple[int, str]:
+        """A reply of the envelope; 421 interrupts the stream (the job is sent again)."""
+        code, reply = answer
+        if code == 421:
+            self.abort()
+            raise _Interrupted(ConnectionLost(f"{self.config.host} closed the session: 421 {_text(reply)}"),
+                               [(job, [])] if job else [], 0)
+        return code, _text(reply)
+
+
+@dataclass(eq=False)
+class Job:
+    """One message for the stream, and the merge's hooks around it."""
+
+    message: OutgoingMessage
+    targets: list[EnvelopeRecipient]
+    before_end: Callable[[list[EnvelopeRecipient]], None]  # just before the end of DATA
+    done: Callable[[list[Outcome]], None]  # with the outcome of every target that has one
+    accepted: list[EnvelopeRecipient] = field(default_factory=list)
+    replied: dict[str, Outcome] = field(default_factory=dict)
+
+    def narrowed(self, targets: list[EnvelopeRecipient]) -> Job:
+        """The same message for fewer recipients (to send again)."""
+        return Job(self.message, targets, self.before_end, self.done)
+
+
+class _Interrupted(Exception):
+    """The stream broke: why, the jobs to send again, how many were handled."""
+
+    def __init__(self, error: ConnectionLost, retry: list[tuple[Job, list[Outcome]]], handled: int) -> None:
+        super().__init__(str(error))
+        self.error, self.retry, self.handled = error, retry, handled
+
+
+def _outcome(job: Job, target: EnvelopeRecipient, status: Status, code: int | None, reason: str) -> Outcome:
+    message = job.message
+    return Outcome(message.row, target.field, target.address, status, code, reason, message.message_id)
+
+
+def _settled(
+    job: Job, replied: dict[str, Outcome], accepted: list[EnvelopeRecipient], code: int | None,
+    reply: str, status: Status | None = None,
+) -> list[Outcome]:
+    """Every target's outcome: its own RCPT answer, or the message's answer."""
+    final = status or (status_of(code) if code is not None else Status.FAILED)
+    return [replied.get(t.address) or _outcome(job, t, final, code, reply) for t in job.targets]
 
 
 def status_of(code: int) -> Status:
@@ -350,6 +525,15 @@ def status_of(code: int) -> Status:
     if 200 <= code < 300:
         return Status.SENT
     return Status.REFUSED if 500 <= code < 600 else Status.DEFERRED
+
+
+def _envelope(job: Job, eightbit: bool) -> tuple[bytes, list[str]]:
+    """MAIL, one RCPT per target and DATA, as one pipelined group."""
+    options = (["BODY=8BITMIME"] if eightbit else []) + (["SMTPUTF8"] if job.message.smtputf8 else [])
+    lines = [f"MAIL FROM:{smtplib.quoteaddr(job.message.sender)}" + "".join(" " + o for o in options)]
+    lines += [f"RCPT TO:{smtplib.quoteaddr(t.address)}" for t in job.targets]
+    lines.append("DATA")
+    return "".join(line + "\r\n" for line in lines).encode("utf-8"), lines
 
 
 def _dot_stuffed(data: bytes) -> bytes:
@@ -388,46 +572,53 @@ class SmtpClient:
         self.connections = 0
         self._sent_on_connection = 0
 
-    def send(
-        self,
-        message: OutgoingMessage,
-        recipients: list[EnvelopeRecipient] | None = None,
-        before_data_end: Callable[[list[EnvelopeRecipient]], None] | None = None,
-    ) -> list[Outcome]:
-        """Send like :meth:`SmtpSession.send`, reconnecting as needed.
+    def stream(self, next_job: Callable[[bool], Job | None]) -> None:
+        """Send every job ``next_job`` gives (see :meth:`SmtpSession.stream`),
+        reconnecting as needed and sending again what was surely not delivered.
 
-        Raises :class:`ConnectionLost` (with every address's outcome) when the
-        server stays unreachable after the last attempt, or a stop was asked
-        for while waiting to reconnect.
+        Raises :class:`ConnectionLost` when the server stays unreachable after
+        the last attempt (the jobs not sent are settled ``failed`` first).
         """
-        pending = list(message.recipients if recipients is None else recipients)
-        settled: list[Outcome] = []
+        again: collections.deque[Job] = collections.deque()
+
+        def source(wait: bool) -> Job | None:
+            return again.popleft() if again else next_job(wait)
+
+        failures = 0
         error: SendError | None = None
-        for attempt in range(self.backoff.attempts + 1):
-            if attempt and not self._wait(attempt, error):
-                break
+        while True:
+            if failures:
+                if failures > self.backoff.attempts or not self._wait(failures, error):
+                    reason = f"not sent: {error}" if failures > self.backoff.attempts else "not sent: stopped"
+                    for job in again:
+                        job.done([_outcome(job, t, Status.FAILED, None, reason) for t in job.targets])
+                    if failures > self.backoff.attempts:
+                        raise ConnectionLost(f"gave up after {self.backoff.attempts} reconnection attempts: {error}")
+                    return
+            first = source(True)
+            if first is None:
+                return
+            again.appendleft(first)
             try:
                 self._ensure_open()
-                results = self.session.send(message, pending, before_data_end)
-                self._sent_on_connection += 1
-                return settled + results
-            except ConnectionLost as lost:
-                error = lost
-                settled += [o for o in lost.outcomes if o.status is not Status.FAILED]
-                retry = {o.address for o in lost.outcomes if o.status is Status.FAILED}
-                pending = [r for r in pending if r.address in retry]
-                if not pending:
-                    return settled
+                handled = self.session.stream(source, self.max_per_connection)
             except ConnectError as failure:
                 if self.connections == 0:
+                    again.popleft()
                     raise  # the first connection: a setting is wrong, say so now
-                error = failure
-        failed = [
-            Outcome(message.row, r.field, r.address, Status.FAILED, None,
-                    f"not sent: {error or 'stopped'}", message.message_id)
-            for r in pending
-        ]
-        raise ConnectionLost(f"gave up after {self.backoff.attempts} reconnection attempts: {error}", settled + failed)
+                failures, error = failures + 1, failure
+                continue
+            except _Interrupted as interrupted:
+                failures = 1 if interrupted.handled else failures + 1
+                error = interrupted.error
+                for job, outcomes in reversed(interrupted.retry):
+                    failed = {o.address for o in outcomes if o.status is Status.FAILED}
+                    again.appendleft(job.narrowed([t for t in job.targets if t.address in failed]) if outcomes else job)
+                continue
+            failures = 0
+            self._sent_on_connection += handled
+            if not (self.max_per_connection and handled >= self.max_per_connection):
+                return
 
     def _wait(self, attempt: int, error: SendError | None) -> bool:
         delay = self.backoff.delay(attempt)
@@ -441,11 +632,6 @@ class SmtpClient:
             self.session.open()
             self.connections += 1
             self._sent_on_connection = 0
-
-    def refresh_after_pause(self) -> None:
-        """After a long pause: keep the session if it still answers, else drop it."""
-        if self.session.is_open and not self.session.noop():
-            self.session.abort()
 
     def close(self) -> None:
         self.session.close()

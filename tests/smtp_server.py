@@ -97,6 +97,13 @@ class _Handler:
         self.faults = owner.faults
         self.data_count = 0  # ends of DATA received, over all sessions
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.owner.pipelining:  # aiosmtpd handles pipelined commands, but does not say so
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         key = address.lower()
@@ -194,16 +201,19 @@ class SmtpTestServer:
     """
 
     host: str = HOST
+    pipelining_default = False  # offer PIPELINING (RFC 2920) when not told
 
     def __init__(self, *, tls: bool = False, auth: dict[str, str] | None = None,
                  refuse: Iterable[str] = (), smtputf8: bool = True,
                  cert_dir: Path | None = None, implicit_tls: bool = False,
-                 faults: Faults | None = None, oauth2_tokens: dict[str, str] | None = None) -> None:
+                 faults: Faults | None = None, oauth2_tokens: dict[str, str] | None = None,
+                 pipelining: bool | None = None) -> None:
         if tls and implicit_tls:
             raise ValueError("choose STARTTLS (tls) or SMTPS (implicit_tls), not both")
         self.tls, self.implicit_tls, self.smtputf8 = tls, implicit_tls, smtputf8
         self.auth = dict(auth) if auth is not None else None
         self.faults = faults or Faults()
+        self.pipelining = self.pipelining_default if pipelining is None else pipelining
         self.oauth2_tokens = dict(oauth2_tokens or {})  # user -> the one valid access token
         self.faults.refuse |= {address.lower() for address in refuse}
         self.cert_dir = cert_dir

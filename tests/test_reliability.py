@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,14 @@ from conftest import PASSWORD, USER, run_cli, write_config, write_template, writ
 from smtp_server import Faults, SmtpTestServer
 
 from mailmerge.journal import JOURNAL_FILE, Journal, campaign_id
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["one-by-one", "pipelined"])
+def pipelining(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Every fault, with and without PIPELINING: both ways of sending must survive it."""
+    SmtpTestServer.pipelining_default = request.param
+    yield request.param
+    SmtpTestServer.pipelining_default = False
+
 
 TEMPLATE = "From: Club <club@example.com>\nSubject: News for {{ name }}\nTo: {{ name }} <{{ email }}>\n\nHello {{ name }}\n"
 
@@ -325,3 +334,18 @@ def test_a_server_that_stays_away_stops_the_run_with_a_hint(tmp_path: Path) -> N
     states = report_states(tmp_path)
     assert [states[a] for a in addresses[:3]] == ["sent"] * 3
     assert {states[a] for a in addresses[3:]} == {"failed"}
+
+
+def test_several_connections_share_the_work_and_one_journal(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 60)
+    with SmtpTestServer(tls=True, auth={USER: PASSWORD}, refuse=[addresses[7]],
+                        faults=Faults(reply_delay=0.005, defer_once={addresses[20]})) as server:
+        write_config(tmp_path, server)
+        run = run_cli("send", xlsx, "-t", template, "--yes", "--connections", "3")
+
+    assert run.exit_code == 3, run.output
+    assert (server.connections, server.auth_attempts) == (3, 3)
+    assert arrivals(server) == collections.Counter(a for a in addresses if a != addresses[7])
+    states = report_states(tmp_path)
+    assert states[addresses[7]] == "refused" and list(states.values()).count("sent") == 59
+    assert "sent 59, refused 1, invalid 0" in run.stdout
