@@ -25,7 +25,7 @@ from . import __version__
 from .config import Config, SendConfig, SmtpConfig, find_config, load_config
 from .credentials import find_secret, forget_password, store_password
 from .errors import ConfigError, InputError, MailmergeError
-from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, read_entries
+from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_view
 from .merge import MergeResult, Plan, Work, campaign_outcomes, count_work, plan_merge, rendered_rows, send_merge
 from .pacing import StopSignal, parse_duration, parse_rate
 from .message import OutgoingMessage, preview_text, viewable_html
@@ -215,7 +215,8 @@ def send(
     name = campaign_id(list_path, plan.template.text, campaign)
     folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
     if dry_run:
-        work = _run(lambda: count_work(plan, read_entries(folder, name), resend_unknown=resend_unknown), debug)
+        with open_view(folder, name) as view:
+            work = _run(lambda: count_work(plan, view, resend_unknown=resend_unknown), debug)
         out.print(
             f"dry run: would send {work.to_send} messages ({work.done} already sent) to "
             f"{plan.addresses} addresses; {work.invalid} rows invalid. Nothing was sent.",
@@ -231,7 +232,7 @@ def send(
             journal.restart()
         journal.register(list_path, plan.template.path)
         recovered = journal.recover()
-        work = _run(lambda: count_work(plan, journal.entries(), resend_unknown=resend_unknown), debug)
+        work = _run(lambda: count_work(plan, journal, resend_unknown=resend_unknown), debug)
         _say_where_we_are(journal, list_path, work, recovered)
         if work.to_send == 0:
             _finish(plan, journal, MergeResult(), report_path)
@@ -343,9 +344,7 @@ def _send_with_progress(
 
 
 def _finish(plan: Plan, journal: Journal, result: MergeResult, report_path: Path) -> NoReturn:
-    outcomes = campaign_outcomes(plan, journal.entries())
-    write_report(report_path, outcomes)
-    summary = Summary.of(outcomes)
+    summary = write_report(report_path, campaign_outcomes(plan, journal))
     again = "Nothing is lost: run the same command again to send the rest."
     if result.error is not None:
         err.print(f"error: {result.error}", style="red", markup=False)
@@ -380,7 +379,8 @@ def status(
     _, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding, attachments_dir), debug)
     name = campaign_id(list_path, plan.template.text, campaign)
     folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
-    summary = Summary.of(campaign_outcomes(plan, read_entries(folder, name)))
+    with open_view(folder, name) as view:
+        summary = Summary.of(campaign_outcomes(plan, view))
     out.print(f"campaign {name}: {len(plan.recipients)} rows", markup=False)
     for state in Status:
         label = "not sent yet" if state is Status.FAILED else state.value

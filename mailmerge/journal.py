@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     date       TEXT NOT NULL DEFAULT '',
     row_hash   TEXT NOT NULL DEFAULT '',
     attempts   INTEGER NOT NULL DEFAULT 0,
+    position   INTEGER NOT NULL DEFAULT 0,  -- the address's place in the envelope
     updated    REAL NOT NULL,
     PRIMARY KEY (campaign, row, address)
 );
@@ -96,12 +97,27 @@ def journal_folder(list_path: Path) -> Path:
     return list_path.parent / JOURNAL_FOLDER
 
 
-def read_entries(folder: Path, campaign: str) -> dict[tuple[int, str], Entry]:
-    """A campaign's lines without creating anything (empty when there is no journal)."""
+class _NoJournal:
+    """What :func:`open_view` gives where no run has written a journal yet."""
+
+    def row_entries(self, row: int) -> list[Entry]:
+        return []
+
+    def has_lines(self) -> bool:
+        return False
+
+    def __enter__(self) -> _NoJournal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def open_view(folder: Path, campaign: str) -> Journal | _NoJournal:
+    """A campaign's journal to read, without creating anything when there is none."""
     if not (folder / JOURNAL_FILE).is_file():
-        return {}
-    with Journal(folder, campaign) as journal:
-        return journal.entries()
+        return _NoJournal()
+    return Journal(folder, campaign)
 
 
 @dataclass(frozen=True)
@@ -173,14 +189,19 @@ class Journal:
 
     # --- reading -----------------------------------------------------------------
 
-    def entries(self) -> dict[tuple[int, str], Entry]:
-        """Every line of this campaign, by (row, address)."""
+    def row_entries(self, row: int) -> list[Entry]:
+        """The lines of one row (an indexed look-up: memory stays flat for long lists)."""
         cursor = self._db.execute(
             "SELECT row, address, field, state, code, reason, message_id, date, row_hash, attempts "
-            "FROM deliveries WHERE campaign = ?",
-            (self.campaign,),
+            "FROM deliveries WHERE campaign = ? AND row = ? ORDER BY position, address",
+            (self.campaign, row),
         )
-        return {(r[0], r[1]): Entry(*r) for r in cursor}
+        return [Entry(*r) for r in cursor]
+
+    def has_lines(self) -> bool:
+        """True once any run of this campaign wrote something."""
+        cursor = self._db.execute("SELECT 1 FROM deliveries WHERE campaign = ? LIMIT 1", (self.campaign,))
+        return cursor.fetchone() is not None
 
     def other_campaigns(self, list_path: Path) -> list[tuple[str, int]]:
         """Other campaigns of the same list with messages sent: (id, count)."""
@@ -215,41 +236,49 @@ class Journal:
         )
         return cursor.rowcount
 
-    def mark_in_flight(self, outcomes: Iterable[Outcome], *, date: str, fingerprint: str) -> None:
+    def mark_in_flight(
+        self, outcomes: Iterable[Outcome], *, date: str, fingerprint: str, order: dict[str, int] | None = None
+    ) -> None:
         """Mark addresses whose message's end of DATA is about to go out; synced to disk."""
         self._db.execute("PRAGMA synchronous=FULL")
         try:
-            self._write(outcomes, IN_FLIGHT, date=date, fingerprint=fingerprint, attempt=1)
+            self._write(outcomes, IN_FLIGHT, date=date, fingerprint=fingerprint, attempt=1, order=order)
         finally:
             self._db.execute("PRAGMA synchronous=NORMAL")
 
-    def record(self, outcomes: Iterable[Outcome], *, date: str = "", fingerprint: str = "") -> None:
-        """Write each outcome's state (one transaction)."""
-        self._write(outcomes, None, date=date, fingerprint=fingerprint, attempt=0)
+    def record(
+        self, outcomes: Iterable[Outcome], *, date: str = "", fingerprint: str = "", order: dict[str, int] | None = None
+    ) -> None:
+        """Write each outcome's state (one transaction). ``order`` gives each
+        address's place in its envelope (To, Cc, Bcc), for the report."""
+        self._write(outcomes, None, date=date, fingerprint=fingerprint, attempt=0, order=order)
 
     def _write(
-        self, outcomes: Iterable[Outcome], state: str | None, *, date: str, fingerprint: str, attempt: int
+        self, outcomes: Iterable[Outcome], state: str | None, *, date: str, fingerprint: str,
+        attempt: int, order: dict[str, int] | None,
     ) -> None:
         now = time.time()
         rows = [
             (
                 self.campaign, o.row, o.address, o.field, state or o.status.value, o.code,
-                o.reason, o.message_id, date, fingerprint, attempt, now,
+                o.reason, o.message_id, date, fingerprint, attempt,
+                (order or {}).get(o.address, index), now,
             )
-            for o in outcomes
+            for index, o in enumerate(outcomes)
         ]
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO deliveries (campaign, row, address, field, state, code, reason, "
-                "message_id, date, row_hash, attempts, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "message_id, date, row_hash, attempts, position, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (campaign, row, address) DO UPDATE SET "
                 "field = excluded.field, state = excluded.state, code = excluded.code, "
                 "reason = excluded.reason, "
                 "message_id = CASE WHEN excluded.message_id != '' THEN excluded.message_id ELSE message_id END, "
                 "date = CASE WHEN excluded.date != '' THEN excluded.date ELSE date END, "
                 "row_hash = CASE WHEN excluded.row_hash != '' THEN excluded.row_hash ELSE row_hash END, "
-                "attempts = attempts + excluded.attempts, updated = excluded.updated",
+                "attempts = attempts + excluded.attempts, position = excluded.position, "
+                "updated = excluded.updated",
                 rows,
             )
 

@@ -8,7 +8,7 @@ This is the library API behind the commands::
     plan = plan_merge(recipients, template)         # renders every row; sends nothing
     with Journal(folder, campaign_id(...)) as journal:
         result = send_merge(plan, journal, config.smtp, password, config.send)
-        write_report(path, campaign_outcomes(plan, journal.entries()))
+        summary = write_report(path, campaign_outcomes(plan, journal))
 
 Rows are rendered again when needed instead of being held as messages, so
 memory does not grow with the length of the list.
@@ -20,10 +20,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .config import SendConfig, SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
-from .journal import Entry, Journal, ListChanged, row_hash
+from .journal import IN_FLIGHT, Entry, Journal, ListChanged, row_hash
 from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_addresses
 from .outcome import Outcome, Status
 from .pacing import Pacer, StopSignal
@@ -108,6 +109,14 @@ def rendered_rows(plan: Plan) -> Iterator[tuple[Recipient, OutgoingMessage | lis
 # --- what is left to send --------------------------------------------------------
 
 
+class JournalView(Protocol):
+    """What the merge reads from the journal: one row's lines at a time."""
+
+    def row_entries(self, row: int) -> list[Entry]: ...
+
+    def has_lines(self) -> bool: ...
+
+
 def _envelope(plan: Plan, recipient: Recipient) -> list[EnvelopeRecipient]:
     try:
         return check_addresses(plan.template.render(recipient)).envelope
@@ -115,9 +124,37 @@ def _envelope(plan: Plan, recipient: Recipient) -> list[EnvelopeRecipient]:
         return []  # rows invalid now are in plan.invalid
 
 
-def _left(envelope: list[EnvelopeRecipient], entries: dict[tuple[int, str], Entry], row: int, resend_unknown: bool) -> list[EnvelopeRecipient]:
-    done = DONE - ({Status.UNKNOWN.value} if resend_unknown else set())
-    return [r for r in envelope if (row, r.address) not in entries or entries[(row, r.address)].state not in done]
+def _done_states(resend_unknown: bool) -> set[str]:
+    return DONE - ({Status.UNKNOWN.value} if resend_unknown else set())
+
+
+def _row_is_done(journaled: list[Entry], resend_unknown: bool) -> bool:
+    """Every address the row was sent to is final. (A row's envelope depends
+    only on the template and the row, both the same within a campaign.)"""
+    return bool(journaled) and all(e.state in _done_states(resend_unknown) for e in journaled)
+
+
+def _left(envelope: list[EnvelopeRecipient], journaled: list[Entry], resend_unknown: bool) -> list[EnvelopeRecipient]:
+    finished = {e.address for e in journaled if e.state in _done_states(resend_unknown)}
+    return [r for r in envelope if r.address not in finished]
+
+
+def _check_unchanged(plan: Plan, recipient: Recipient, journaled: list[Entry]) -> None:
+    fingerprints = {e.row_hash for e in journaled if e.state in DONE and e.row_hash}
+    if fingerprints and fingerprints != {row_hash(recipient.values)}:
+        raise ListChanged(
+            f"{plan.recipients.path}: row {recipient.row} changed since it was sent "
+            f"({', '.join(sorted(e.address for e in journaled))}); rows were probably "
+            "inserted, deleted or sorted. Restore the list, or start over with "
+            "--restart (everyone is sent again) or a new --campaign NAME"
+        )
+
+
+def _journaled_rows(plan: Plan, journal: JournalView) -> Iterator[tuple[Recipient, list[Entry]]]:
+    """Each row of the list with its journal lines (none asked for when the journal is empty)."""
+    any_lines = journal.has_lines()
+    for recipient in plan.recipients:
+        yield recipient, journal.row_entries(recipient.row) if any_lines else []
 
 
 @dataclass(frozen=True)
@@ -131,30 +168,19 @@ class Work:
     invalid: int
 
 
-def count_work(plan: Plan, entries: dict[tuple[int, str], Entry], *, resend_unknown: bool = False) -> Work:
+def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False) -> Work:
     """Count what is already done and what is left, and stop when the list
     changed under a row that was already sent."""
-    by_row: dict[int, list[Entry]] = {}
-    for entry in entries.values():
-        by_row.setdefault(entry.row, []).append(entry)
     done = to_send = unknown = 0
-    for recipient in plan.recipients:
+    for recipient, journaled in _journaled_rows(plan, journal):
         if recipient.row in plan.invalid:
             continue
-        journaled = by_row.get(recipient.row, [])
-        fingerprints = {e.row_hash for e in journaled if e.state in DONE and e.row_hash}
-        if fingerprints and fingerprints != {row_hash(recipient.values)}:
-            raise ListChanged(
-                f"{plan.recipients.path}: row {recipient.row} changed since it was sent "
-                f"({', '.join(sorted(e.address for e in journaled))}); rows were probably "
-                "inserted, deleted or sorted. Restore the list, or start over with "
-                "--restart (everyone is sent again) or a new --campaign NAME"
-            )
+        _check_unchanged(plan, recipient, journaled)
         unknown += any(e.state == Status.UNKNOWN.value for e in journaled)
-        if _left(_envelope(plan, recipient), entries, recipient.row, resend_unknown):
-            to_send += 1
-        else:
+        if _row_is_done(journaled, resend_unknown):
             done += 1
+        else:
+            to_send += 1
     return Work(len(plan.recipients), done, to_send, unknown, len(plan.invalid))
 
 
@@ -206,19 +232,18 @@ class _Run:
 
     def start(self, resend_unknown: bool) -> None:
         self.journal.record(o for outcomes in self.plan.invalid.values() for o in outcomes)
-        self._rows = self._row_jobs(self.journal.entries(), resend_unknown)
+        self._rows = self._row_jobs(resend_unknown)
 
-    def _row_jobs(self, entries: dict[tuple[int, str], Entry], resend_unknown: bool) -> Iterator[Job]:
+    def _row_jobs(self, resend_unknown: bool) -> Iterator[Job]:
         """A job for each row with something left to send, built when asked for."""
-        first_sent = {e.row: e for e in entries.values() if e.message_id}  # identity to keep
-        for recipient in self.plan.recipients:
-            if recipient.row in self.plan.invalid:
+        for recipient, journaled in _journaled_rows(self.plan, self.journal):
+            if recipient.row in self.plan.invalid or _row_is_done(journaled, resend_unknown):
                 continue
             draft = self.plan.template.render(recipient)
-            targets = _left(check_addresses(draft).envelope, entries, recipient.row, resend_unknown)
+            targets = _left(check_addresses(draft).envelope, journaled, resend_unknown)
             if not targets:
                 continue
-            earlier = first_sent.get(recipient.row)
+            earlier = next((e for e in journaled if e.message_id), None)  # the identity to keep
             try:
                 message = build_message(
                     draft,
@@ -233,16 +258,17 @@ class _Run:
 
     def _job(self, recipient: Recipient, message: OutgoingMessage, targets: list[EnvelopeRecipient], attempt: int) -> Job:
         fingerprint = row_hash(recipient.values)
+        order = {r.address: i for i, r in enumerate(message.recipients)}
 
         def before_end(accepted: list[EnvelopeRecipient]) -> None:
             marks = [Outcome(message.row, r.field, r.address, Status.UNKNOWN, None, "", message.message_id) for r in accepted]
             with self.lock:
-                self.journal.mark_in_flight(marks, date=message.date, fingerprint=fingerprint)
+                self.journal.mark_in_flight(marks, date=message.date, fingerprint=fingerprint, order=order)
 
         def done(outcomes: list[Outcome]) -> None:
             with self.lock:
                 self.pacer.completed()
-                self.journal.record(outcomes, date=message.date, fingerprint=fingerprint)
+                self.journal.record(outcomes, date=message.date, fingerprint=fingerprint, order=order)
                 self.on_row(outcomes)
                 deferred = [t for t in job.targets
                             if any(o.address == t.address and o.status is Status.DEFERRED for o in outcomes)]
@@ -375,27 +401,21 @@ def send_merge(
 # --- the report of the whole campaign -----------------------------------------------
 
 
-def campaign_outcomes(plan: Plan, entries: dict[tuple[int, str], Entry]) -> list[Outcome]:
+def campaign_outcomes(plan: Plan, journal: JournalView) -> Iterator[Outcome]:
     """Every address of every row, all runs together, in row order: what the
     journal knows, the invalid rows, and ``failed`` for what was not sent yet."""
-    by_row: dict[int, list[Entry]] = {}
-    for entry in entries.values():
-        by_row.setdefault(entry.row, []).append(entry)
-    outcomes: list[Outcome] = []
-    for recipient in plan.recipients:
+    for recipient, journaled in _journaled_rows(plan, journal):
         if recipient.row in plan.invalid:
-            outcomes.extend(plan.invalid[recipient.row])
-            continue
-        journaled = {e.address: e for e in by_row.get(recipient.row, [])}
-        for target in _envelope(plan, recipient):
-            entry = journaled.get(target.address)
-            if entry is None:
-                outcomes.append(Outcome(recipient.row, target.field, target.address, Status.FAILED, None,
-                                        "not sent yet: run the same command again to send it"))
-            elif entry.state == "in_flight":  # the run was killed: the next run will say unknown
-                outcomes.append(Outcome(recipient.row, entry.field, entry.address, Status.UNKNOWN, None,
-                                        "the run stopped while this message was being sent: it may have been delivered",
-                                        entry.message_id))
-            else:
-                outcomes.append(entry.outcome())
-    return outcomes
+            yield from plan.invalid[recipient.row]
+        elif not journaled:
+            for target in _envelope(plan, recipient):
+                yield Outcome(recipient.row, target.field, target.address, Status.FAILED, None,
+                              "not sent yet: run the same command again to send it")
+        else:
+            for entry in journaled:
+                if entry.state == IN_FLIGHT:  # the run was killed: the next run will say unknown
+                    yield Outcome(recipient.row, entry.field, entry.address, Status.UNKNOWN, None,
+                                  "the run stopped while this message was being sent: it may have been delivered",
+                                  entry.message_id)
+                else:
+                    yield entry.outcome()

@@ -87,31 +87,34 @@ class StopSignal:
 @dataclass
 class Pacer:
     """Spaces messages: one every ``interval`` seconds at most (a token bucket
-    holding one token: no burst at the start), counted from the later of the
-    last message handed out and the last one the server answered, so the
-    provider never sees two closer than that; and a pause of ``batch_pause``
-    after every ``batch_size`` messages."""
+    holding one token: no burst at the start), counted from the server's
+    answer to the previous message, so the provider never sees two closer than
+    that, even pipelined; and a pause of ``batch_pause`` after every
+    ``batch_size`` messages."""
 
     interval: float = 0.0
     batch_size: int = 0
     batch_pause: float = 0.0
     handed: int = 0  # messages handed to a session so far
-    _last: float | None = None
+    _last_handed: float | None = None
+    _last_answered: float | None = None
 
     def delay(self) -> float:
-        """Seconds to wait before the next message may go."""
-        if self._last is None or self.interval <= 0:
+        """Seconds to wait before the next message may go (check again then)."""
+        if self.interval <= 0 or self._last_handed is None:
             return 0.0
-        return max(0.0, self._last + self.interval - time.monotonic())
+        if self._last_answered is None or self._last_handed > self._last_answered:
+            return min(self.interval, 0.05)  # one is on its way: look again shortly
+        return max(0.0, self._last_answered + self.interval - time.monotonic())
 
     def handed_one(self) -> None:
         """A message is handed to a session now."""
         self.handed += 1
-        self._last = time.monotonic()
+        self._last_handed = time.monotonic()
 
     def completed(self) -> None:
         """The server answered a message now."""
-        self._last = time.monotonic()
+        self._last_answered = time.monotonic()
 
     @property
     def batch_done(self) -> bool:

@@ -3,16 +3,19 @@
 Every value reaches the template as the person sees it in the sheet: ``007``
 stays ``007``, a whole number is ``42`` (not ``42.0``), a date is
 ``2026-11-27`` (not ``2026-11-27 00:00:00``) and an empty cell is ``""``.
-pandas does the reading; this module turns its cells into that text, finds
-the file's encoding and delimiter, and says what it assumed.
+pandas does the reading (Excel with calamine when it is installed, else
+openpyxl; both give the same text); this module turns its cells into that
+text, finds the file's encoding and delimiter, and says what it assumed.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import importlib.util
 import io
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from .errors import RecipientsError, did_you_mean
 
 CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
 EXCEL_SUFFIXES = {".xlsx", ".xlsm"}
+EXCEL_ENGINES = ("calamine", "openpyxl")
 DELIMITERS = (",", ";", "\t")
 
 
@@ -53,15 +57,23 @@ class RecipientList:
 
 
 def read_recipients(
-    path: Path | str, *, sheet: str | None = None, encoding: str | None = None
+    path: Path | str,
+    *,
+    sheet: str | None = None,
+    encoding: str | None = None,
+    engine: str | None = None,
 ) -> RecipientList:
     """Read a .csv/.tsv/.txt or .xlsx/.xlsm file into a :class:`RecipientList`.
 
     ``sheet`` picks an Excel sheet by name (default: the first); ``encoding``
-    overrides the guessed encoding of a CSV file. Raises
+    overrides the guessed encoding of a CSV file; ``engine`` forces the pandas
+    Excel engine, ``"calamine"`` or ``"openpyxl"`` (default:
+    :func:`excel_engine`); both give the same text. Raises
     :class:`RecipientsError` with a message naming the file for anything that
     cannot be read, and for a list with no rows.
     """
+    if engine is not None and engine not in EXCEL_ENGINES:
+        raise ValueError(f"engine must be one of {EXCEL_ENGINES}, not {engine!r}")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in CSV_SUFFIXES | EXCEL_SUFFIXES:
@@ -73,7 +85,7 @@ def read_recipients(
         raise RecipientsError(f"{path}: no such file")
     notes: list[str] = []
     if suffix in EXCEL_SUFFIXES:
-        table = _read_excel_table(path, sheet)
+        table = _read_excel_table(path, sheet, engine or excel_engine())
     else:
         table = _read_csv_table(path, encoding, notes)
     return _to_recipients(path, table, notes, excel=suffix in EXCEL_SUFFIXES)
@@ -82,18 +94,27 @@ def read_recipients(
 # --- Excel -----------------------------------------------------------------
 
 
-def _read_excel_table(path: Path, sheet: str | None) -> list[list[Any]]:
+def excel_engine() -> str:
+    """The pandas engine for .xlsx/.xlsm: ``"calamine"`` (several times faster)
+    when python-calamine is installed, else ``"openpyxl"``."""
+    return "calamine" if importlib.util.find_spec("python_calamine") else "openpyxl"
+
+
+def _read_excel_table(path: Path, sheet: str | None, engine: str) -> list[list[Any]]:
     try:
-        with pd.ExcelFile(path, engine="openpyxl") as book:
-            names = [str(name) for name in book.sheet_names]
+        with pd.ExcelFile(path, engine=engine) as book:
+            names = [str(name) for name in book.sheet_names]  # worksheets only, no charts
             if sheet is not None and sheet not in names:
                 raise RecipientsError(
                     f"{path}: no sheet named '{sheet}'{did_you_mean(sheet, names)} "
                     f"(sheets: {', '.join(names)})"
                 )
+            if not names:
+                return []
             frame = pd.read_excel(
                 book,
-                sheet_name=sheet if sheet is not None else 0,
+                # By name: calamine's sheet index counts chart sheets too.
+                sheet_name=sheet if sheet is not None else names[0],
                 header=None,
                 dtype=object,
                 keep_default_na=False,
@@ -101,12 +122,26 @@ def _read_excel_table(path: Path, sheet: str | None) -> list[list[Any]]:
             )
     except RecipientsError:
         raise
-    except Exception as error:  # zipfile, openpyxl and pandas each raise their own
+    except Exception as error:  # zipfile, openpyxl, calamine and pandas each raise their own
         raise RecipientsError(
             f"{path}: cannot read this Excel file ({type(error).__name__}: {error}); "
             "open it in Excel and save it again as .xlsx"
         ) from error
-    return frame.values.tolist()
+    table = frame.values.tolist()
+    if engine == "openpyxl":
+        table = [[_unescape_ooxml(v) if isinstance(v, str) else v for v in row] for row in table]
+    return table
+
+
+# Excel stores a control character in a cell's text as _xHHHH_ (a carriage
+# return as _x000D_). calamine decodes these; openpyxl leaves them in the text.
+_OOXML_CONTROL = re.compile(r"_x(00[01][0-9A-Fa-f])_")
+
+
+def _unescape_ooxml(text: str) -> str:
+    if "_x" not in text:
+        return text
+    return _OOXML_CONTROL.sub(lambda match: chr(int(match.group(1), 16)), text)
 
 
 # --- CSV -------------------------------------------------------------------
@@ -271,7 +306,19 @@ def cell_text(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, dt.time):
         return value.strftime("%H:%M" if value.second == 0 else "%H:%M:%S")
+    if isinstance(value, dt.timedelta):  # a duration cell ([h]:mm:ss); pandas.Timedelta too
+        return _duration_text(value)
     return str(value)
+
+
+def _duration_text(value: dt.timedelta) -> str:
+    """``30:05`` for 30 h 5 min, as Excel shows ``[hh]:mm``: hours go past 24;
+    seconds only when there are any, and fractions dropped, as for a time."""
+    seconds = abs(value) // dt.timedelta(seconds=1)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    text = f"{hours:02d}:{minutes:02d}" + (f":{seconds:02d}" if seconds else "")
+    return f"-{text}" if value < dt.timedelta(0) else text
 
 
 def _column_name(index: int, excel: bool) -> str:

@@ -22,16 +22,25 @@ def default_report_path(list_path: Path) -> Path:
     return list_path.with_name(f"{list_path.stem}.report.csv")
 
 
-def write_report(path: Path, outcomes: Iterable[Outcome]) -> None:
-    """Write every outcome, in row order, to ``path`` (replacing it)."""
-    ordered = sorted(outcomes, key=lambda outcome: outcome.row)
+def write_report(path: Path, outcomes: Iterable[Outcome]) -> Summary:
+    """Write every outcome (in row order, as given) to ``path``, replacing it;
+    return the counts. Streams: a million rows need no more memory than ten."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    counts: Counter[Status] = Counter()
+    current: list[Outcome] = []  # the outcomes of the row being written
     with path.open("w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        for o in ordered:
+        for o in outcomes:
+            if current and o.row != current[0].row:
+                counts[row_status(current)] += 1
+                current = []
+            current.append(o)
             code = "" if o.code is None else o.code
             writer.writerow([o.row, o.address, o.field, o.status.value, code, o.reason, o.message_id])
+    if current:
+        counts[row_status(current)] += 1
+    return Summary(counts)
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,8 @@ class _Part:
     lines: list[int]  # the file's line for each line of source ([] for defaults)
     compiled: jinja2.Template | None = None
     compiled_html: jinja2.Template | None = None  # the body, HTML-escaping its values
+    constant: dict[bool, str] = field(default_factory=dict)  # the rendering, when no Jinja in it
+    constant_boxes: list[Mailbox] | None = None  # the same for an address header
 
     @property
     def from_list(self) -> bool:
@@ -299,10 +301,15 @@ class MailTemplate:
         return plain, html
 
     def _render(self, part: _Part, recipient: Recipient, *, html: bool = False) -> str:
+        if html in part.constant:  # a part without Jinja renders the same for every row
+            return part.constant[html]
         compiled = part.compiled_html if html else part.compiled
         assert compiled is not None
         try:
-            return compiled.render(recipient.values)
+            text = compiled.render(recipient.values)
+            if not part.from_list:
+                part.constant[html] = text
+            return text
         except jinja2.UndefinedError as error:
             raise TemplateError(
                 f"{self._where(part, _error_line(error))}: row {recipient.row}: {error.message}"
@@ -318,6 +325,14 @@ class MailTemplate:
             ) from error
 
     def _render_addresses(self, part: _Part, recipient: Recipient) -> list[Mailbox]:
+        if part.constant_boxes is not None:  # e.g. the From of every row
+            return list(part.constant_boxes)
+        boxes = self._parse_addresses(part, recipient)
+        if not part.from_list:
+            part.constant_boxes = list(boxes)
+        return boxes
+
+    def _parse_addresses(self, part: _Part, recipient: Recipient) -> list[Mailbox]:
         self._placeholders.values = []
         text = self._render(part, recipient)
         for value in self._placeholders.values:
