@@ -86,7 +86,7 @@ def plan_merge(recipients: RecipientList, template: MailTemplate) -> Plan:
     name that is not a column, or fails on a row; an invalid row is recorded
     in the plan and the others go on.
     """
-    template.check_columns(recipients.columns, recipients.rows[0].row)
+    template.check_columns(recipients.columns, recipients.first_row)
     plan = Plan(recipients, template)
     for recipient in recipients:
         # Render and check addresses; building the MIME message is left to the

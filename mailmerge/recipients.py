@@ -10,14 +10,15 @@ text, finds the file's encoding and delimiter, and says what it assumed.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import importlib.util
 import io
 import math
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +41,47 @@ class Recipient:
     values: dict[str, str]
 
 
-@dataclass
 class RecipientList:
-    """The rows of a list, its column names, and what the reader had to assume."""
+    """The rows of a list, its column names, and what the reader had to assume.
 
-    path: Path
-    columns: list[str]
-    rows: list[Recipient]
-    notes: list[str] = field(default_factory=list)  # for the user: guesses, fixes
+    Iterating gives the rows in order, as often as needed: an Excel sheet is
+    held in memory, a CSV file is read again each time in chunks, so a list of
+    a million rows does not need a million rows in memory.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        columns: list[str],
+        rows: Iterable[Recipient] | Callable[[], Iterator[Recipient]],
+        notes: list[str] | None = None,
+        *,
+        count: int | None = None,
+    ) -> None:
+        self.path = path
+        self.columns = columns
+        self.notes = notes or []
+        if callable(rows):
+            self._read_again: Callable[[], Iterator[Recipient]] | None = rows
+            self._held: list[Recipient] | None = None
+        else:
+            self._read_again, self._held = None, list(rows)
+        self.count = len(self._held) if self._held is not None else (count or 0)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.count
 
     def __iter__(self) -> Iterator[Recipient]:
-        return iter(self.rows)
+        return iter(self._held) if self._held is not None else self._read_again()  # type: ignore[misc]
+
+    @property
+    def rows(self) -> list[Recipient]:
+        """All rows as a list (for short lists and tests)."""
+        return list(self)
+
+    @property
+    def first_row(self) -> int:
+        return next(iter(self)).row
 
 
 def read_recipients(
@@ -86,9 +114,9 @@ def read_recipients(
     notes: list[str] = []
     if suffix in EXCEL_SUFFIXES:
         table = _read_excel_table(path, sheet, engine or excel_engine())
-    else:
-        table = _read_csv_table(path, encoding, notes)
-    return _to_recipients(path, table, notes, excel=suffix in EXCEL_SUFFIXES)
+        return _to_recipients(path, lambda: iter([table]), notes, excel=True, hold=True)
+    chunks = _csv_chunks(path, encoding, notes)
+    return _to_recipients(path, chunks, notes, excel=False, hold=False)
 
 
 # --- Excel -----------------------------------------------------------------
@@ -147,36 +175,58 @@ def _unescape_ooxml(text: str) -> str:
 # --- CSV -------------------------------------------------------------------
 
 
-def _read_csv_table(path: Path, encoding: str | None, notes: list[str]) -> list[list[Any]]:
+CSV_SAMPLE_BYTES = 1 << 20  # enough to tell the encoding and the delimiter
+CSV_CHUNK_ROWS = 20_000
+
+
+def _csv_chunks(path: Path, encoding: str | None, notes: list[str]) -> Callable[[], Iterator[list[list[Any]]]]:
+    """Find the encoding and delimiter from the file's start; return a function
+    that reads the whole file, in chunks of rows, each time it is called."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            sample = handle.read(CSV_SAMPLE_BYTES)
+        size = path.stat().st_size
     except OSError as error:
         raise RecipientsError(f"{path}: cannot read the file ({error.strerror})") from error
-    text, used, guessed = decode_text(data, encoding, path)
+    text, used, guessed = decode_text(sample, encoding, path, partial=size > len(sample))
     if guessed:
         notes.append(
             f"{path.name}: not UTF-8; read it as {used} ({ENCODING_NAMES.get(used, used)}). "
             "If names look wrong, pass --encoding."
         )
     delimiter = sniff_delimiter(text)
-    try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            sep=delimiter,
-            header=None,
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-            skip_blank_lines=False,
-        )
-    except pd.errors.EmptyDataError:
-        return []
-    except pd.errors.ParserError as error:
-        raise RecipientsError(
-            f"{path}: the rows do not line up ({error}); "
-            "a value with the delimiter in it needs quotes around it"
-        ) from error
-    return frame.values.tolist()
+    stamp = _stamp(path)
+
+    def chunks() -> Iterator[list[list[Any]]]:
+        if _stamp(path) != stamp:
+            raise RecipientsError(f"{path}: the file changed while mailmerge was using it; run again")
+        try:
+            reader = pd.read_csv(
+                path, sep=delimiter, encoding=used, header=None, dtype=str, keep_default_na=False,
+                na_filter=False, skip_blank_lines=False, chunksize=CSV_CHUNK_ROWS,
+            )
+            with reader:
+                for frame in reader:
+                    yield frame.values.tolist()
+        except pd.errors.EmptyDataError:
+            return
+        except pd.errors.ParserError as error:
+            raise RecipientsError(
+                f"{path}: the rows do not line up ({error}); "
+                "a value with the delimiter in it needs quotes around it"
+            ) from error
+        except UnicodeDecodeError as error:
+            raise RecipientsError(
+                f"{path}: not valid {used} further in the file ({error.reason}); "
+                "pass --encoding (utf-8, cp949 or cp1252)"
+            ) from error
+
+    return chunks
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
 
 
 ENCODING_NAMES = {
@@ -185,8 +235,11 @@ ENCODING_NAMES = {
 }
 
 
-def decode_text(data: bytes, encoding: str | None, path: Path) -> tuple[str, str, bool]:
+def decode_text(data: bytes, encoding: str | None, path: Path, *, partial: bool = False) -> tuple[str, str, bool]:
     """Decode a text file; return ``(text, encoding, guessed)``.
+
+    ``partial``: ``data`` is the start of a longer file, maybe cut inside a
+    character, which must not count against an encoding.
 
     UTF-8 (with or without BOM) and UTF-16 with BOM are recognised; anything
     else is a guess between cp949 (Korean Excel) and cp1252 (Western Excel),
@@ -195,7 +248,7 @@ def decode_text(data: bytes, encoding: str | None, path: Path) -> tuple[str, str
     """
     if encoding:
         try:
-            return data.decode(encoding), encoding, False
+            return _decode(data, encoding, partial), encoding, False
         except LookupError as error:
             raise RecipientsError(f"--encoding {encoding}: no such encoding") from error
         except UnicodeDecodeError as error:
@@ -204,16 +257,16 @@ def decode_text(data: bytes, encoding: str | None, path: Path) -> tuple[str, str
                 "try --encoding utf-8, cp949 or cp1252"
             ) from error
     if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8", errors="strict"), "utf-8-sig", False
+        return _decode(data[3:], "utf-8", partial), "utf-8-sig", False
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16"), "utf-16", False
+        return _decode(data, "utf-16", partial), "utf-16", False
     try:
-        return data.decode("utf-8"), "utf-8", False
+        return _decode(data, "utf-8", partial), "utf-8", False
     except UnicodeDecodeError:
         pass
     for candidate, plausible in (("cp949", _looks_korean), ("cp1252", _looks_western)):
         try:
-            text = data.decode(candidate)
+            text = _decode(data, candidate, partial)
         except UnicodeDecodeError:
             continue
         if plausible(text):
@@ -227,6 +280,11 @@ def decode_text(data: bytes, encoding: str | None, path: Path) -> tuple[str, str
             "or pass --encoding"
         )
     return str(best), best.encoding, True
+
+
+def _decode(data: bytes, encoding: str, partial: bool) -> str:
+    """Decode strictly; with ``partial``, a character cut at the end is not an error."""
+    return codecs.getincrementaldecoder(encoding)(errors="strict").decode(data, final=not partial)
 
 
 def _non_ascii(text: str) -> list[str]:
@@ -326,15 +384,64 @@ def _column_name(index: int, excel: bool) -> str:
 
 
 def _to_recipients(
-    path: Path, table: Sequence[Sequence[Any]], notes: list[str], *, excel: bool
+    path: Path, tables: Callable[[], Iterator[Sequence[Sequence[Any]]]], notes: list[str],
+    *, excel: bool, hold: bool,
 ) -> RecipientList:
-    """Turn a table of raw cells (header row first) into a RecipientList."""
-    rows = [[cell_text(value) for value in raw] for raw in table]
-    # The header is the first row with anything in it; rows above it are blank.
-    start = next((i for i, row in enumerate(rows) if any(v.strip() for v in row)), None)
-    if start is None:
+    """Turn chunks of raw cells (header row first) into a RecipientList: read
+    them once to find and check the header and count the rows; then keep the
+    rows (``hold``) or read them again at each iteration."""
+    columns: list[str | None] | None = None
+    header_at = 0  # the header's row number in the sheet
+    count = 0
+    held: list[Recipient] = []
+    for number, row in _numbered_rows(tables()):
+        if columns is None:
+            if any(value.strip() for value in row):
+                columns, header_at = _columns(path, row, number, excel, notes), number
+            continue
+        if not any(value.strip() for value in row):
+            continue  # a fully empty row
+        for index, name in enumerate(columns):
+            if name is None and index < len(row) and row[index].strip():
+                raise RecipientsError(
+                    f"{path}: {_column_name(index, excel)} has values but no name in row "
+                    f"{header_at}; give it a name"
+                )
+        count += 1
+        if hold:
+            held.append(_recipient(number, row, columns))
+    if columns is None:
         raise RecipientsError(f"{path}: the list is empty; put column names in the first row")
-    header = rows[start]
+    if not count:
+        raise RecipientsError(f"{path}: the list has column names but no rows")
+    named = [c for c in columns if c]
+    if hold:
+        return RecipientList(path, named, held, notes)
+    header = columns
+
+    def read_again() -> Iterator[Recipient]:
+        for number, row in _numbered_rows(tables()):
+            if number > header_at and any(value.strip() for value in row):
+                yield _recipient(number, row, header)
+
+    return RecipientList(path, named, read_again, notes, count=count)
+
+
+def _numbered_rows(tables: Iterator[Sequence[Sequence[Any]]]) -> Iterator[tuple[int, list[str]]]:
+    """Each row as text, with its number in the sheet (the first row is 1)."""
+    number = 0
+    for table in tables:
+        for raw in table:
+            number += 1
+            yield number, [cell_text(value) for value in raw]
+
+
+def _recipient(number: int, row: list[str], columns: list[str | None]) -> Recipient:
+    return Recipient(number, {name: (row[i] if i < len(row) else "") for i, name in enumerate(columns) if name})
+
+
+def _columns(path: Path, header: list[str], number: int, excel: bool, notes: list[str]) -> list[str | None]:
+    """The column names of the header row; None for an unnamed column."""
     columns: list[str | None] = []
     seen: dict[str, int] = {}
     for index, raw_name in enumerate(header):
@@ -342,12 +449,7 @@ def _to_recipients(
         if name != raw_name:
             notes.append(f"{path.name}: column name '{raw_name}' has spaces around it; using '{name}'")
         if not name:
-            if any(index < len(row) and row[index].strip() for row in rows[start + 1 :]):
-                raise RecipientsError(
-                    f"{path}: {_column_name(index, excel)} has values but no name in row "
-                    f"{start + 1}; give it a name"
-                )
-            columns.append(None)  # an empty, unnamed column: nothing to lose
+            columns.append(None)  # checked for values row by row
             continue
         if name in seen:
             raise RecipientsError(
@@ -357,14 +459,4 @@ def _to_recipients(
             )
         seen[name] = index
         columns.append(name)
-    recipients = []
-    for offset, row in enumerate(rows[start + 1 :], start=start + 2):
-        if not any(value.strip() for value in row):
-            continue  # a fully empty row
-        values = {
-            name: (row[i] if i < len(row) else "") for i, name in enumerate(columns) if name
-        }
-        recipients.append(Recipient(row=offset, values=values))
-    if not recipients:
-        raise RecipientsError(f"{path}: the list has column names but no rows")
-    return RecipientList(path=path, columns=[c for c in columns if c], rows=recipients, notes=notes)
+    return columns
