@@ -1,8 +1,8 @@
 """The ``mailmerge`` command: wires the library together and talks to the person.
 
 No business logic lives here: reading, rendering, sending and reporting are
-in their own modules; this file parses options, asks for confirmation, shows
-progress and turns errors into one readable line and an exit code.
+in their own modules, and how things are shown is in ``ui``; this file parses
+options, asks for confirmation and picks the exit code.
 """
 
 from __future__ import annotations
@@ -10,31 +10,31 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import traceback
+import time
 import webbrowser
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import __version__
 from .config import Config, SendConfig, SmtpConfig, find_config, load_config
 from .credentials import find_secret, forget_password, store_password
 from .errors import ConfigError, InputError, MailmergeError
 from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_view
-from .merge import MergeResult, Plan, Work, campaign_outcomes, count_work, plan_merge, rendered_rows, send_merge
-from .pacing import StopSignal, parse_duration, parse_rate
+from .merge import (
+    MergeResult, Plan, Work, campaign_outcomes, count_work, plan_merge, rendered_rows, send_merge, send_test,
+)
 from .message import OutgoingMessage, preview_text, viewable_html
 from .outbox import OutboxServer
-from .outcome import Outcome, Status
+from .outcome import Status
+from .pacing import StopSignal, parse_duration, parse_rate
 from .recipients import read_recipients
 from .report import Summary, default_report_path, write_report
 from .template import TemplateSettings, load_template
 from .transport import SmtpSession
+from .ui import SendProgress, Ui, counts_json, message_json, out, rows_json, summary_table
 
 EXIT_OK, EXIT_STOPPED, EXIT_INPUT, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -42,15 +42,14 @@ app = typer.Typer(
     help=(
         "Send each row of a CSV or Excel list its own email, rendered from a "
         "Jinja2 template, through one SMTP session.\n\n"
-        "Example:  mailmerge preview samples/recipients.xlsx -t templates/welcome.txt"
+        "Start here:  mailmerge init  (then: mailmerge preview samples/recipients.xlsx)\n\n"
+        "Example:  mailmerge send samples/recipients.xlsx -t templates/welcome.txt --outbox outbox"
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
 
 ListArgument = Annotated[Path, typer.Argument(metavar="LIST", help="The list: .xlsx, .xlsm, .csv, .tsv or .txt.", show_default=False)]
 TemplateOption = Annotated[
@@ -66,56 +65,52 @@ EncodingOption = Annotated[
     str | None, typer.Option(metavar="NAME", help="Encoding of a CSV file, e.g. cp949 (default: guessed).", show_default=False)
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (for scripts); nothing else there.")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show the SMTP conversation (passwords masked).")]
 AttachmentsOption = Annotated[
     Path | None,
     typer.Option(metavar="DIR", help="Attachments named by the list may also come from here (default: only the template's folder).", show_default=False),
 ]
-
-T = TypeVar("T")
-
-
-def _fail(error: MailmergeError, debug: bool) -> NoReturn:
-    if debug:
-        traceback.print_exception(error)
-    err.print(f"error: {error}", style="red", markup=False)
-    raise typer.Exit(error.exit_code)
-
-
-def _run(action: Callable[[], T], debug: bool) -> T:
-    """Run ``action``; a MailmergeError becomes one line on stderr and its exit code."""
-    try:
-        return action()
-    except MailmergeError as error:
-        _fail(error, debug)
+RateOption = Annotated[str | None, typer.Option(metavar="RATE", help="At most this many messages: 20/min, 2/s, 500/h (default: rate in [send]).", show_default=False)]
+CampaignOption = Annotated[
+    str | None,
+    typer.Option(metavar="NAME", help="Name of the campaign in the journal (default: from the list's path and the template's text).", show_default=False),
+]
+OutboxOption = Annotated[
+    Path | None,
+    typer.Option(metavar="DIR", help="Send to a local SMTP server that saves each message as DIR/*.eml (no account needed).", show_default=False),
+]
 
 
 def _prepare(
-    list_path: Path, template: Path | None, config_path: Path | None, sheet: str | None,
+    ui: Ui, list_path: Path, template: Path | None, config_path: Path | None, sheet: str | None,
     encoding: str | None, attachments_dir: Path | None = None,
 ) -> tuple[Config, Plan]:
     """Read the config, the list and the template, and check every row."""
-    config = load_config(find_config(list_path, config_path))
-    template_path = template or config.message.template
-    if template_path is None:
-        raise ConfigError("which template? pass -t TEMPLATE, or set template in [message] of mailmerge.toml")
-    recipients = read_recipients(list_path, sheet=sheet, encoding=encoding)
-    for note in [*config.notes, *recipients.notes]:
-        err.print(f"note: {note}", style="yellow", markup=False)
-    settings = TemplateSettings(
-        default_from=config.message.sender,
-        unsubscribe=config.message.unsubscribe,
-        css=config.message.css,
-        attachments_dir=attachments_dir,
-    )
-    mail_template = load_template(template_path, settings)
-    return config, plan_merge(recipients, mail_template)
 
+    def prepare() -> tuple[Config, Plan]:
+        config = load_config(find_config(list_path, config_path))
+        template_path = template or config.message.template
+        if template_path is None:
+            raise ConfigError("which template? pass -t TEMPLATE, or set template in [message] of mailmerge.toml")
+        recipients = read_recipients(list_path, sheet=sheet, encoding=encoding)
+        for note in [*config.notes, *recipients.notes]:
+            ui.note(f"note: {note}")
+        settings = TemplateSettings(
+            default_from=config.message.sender,
+            unsubscribe=config.message.unsubscribe,
+            css=config.message.css,
+            attachments_dir=attachments_dir,
+        )
+        return config, plan_merge(recipients, load_template(template_path, settings))
 
-def _print_invalid(plan: Plan) -> None:
+    config, plan = ui.run(prepare)
     for outcomes in plan.invalid.values():
-        first = outcomes[0]
-        err.print(f"row {first.row}: invalid: {first.reason}", style="yellow", markup=False)
+        ui.note(f"row {outcomes[0].row}: invalid: {outcomes[0].reason}")
+    return config, plan
+
+
+# --- preview -------------------------------------------------------------------------
 
 
 @app.command()
@@ -126,50 +121,56 @@ def preview(
     row: Annotated[int | None, typer.Option(metavar="N", help="Show only this row (its number in the sheet).", show_default=False)] = None,
     limit: Annotated[int | None, typer.Option(metavar="N", help="Show at most this many messages.", show_default=False)] = None,
     open_html: Annotated[bool, typer.Option("--open", help="Open the first shown message (its HTML) in the browser.")] = False,
+    html: Annotated[Path | None, typer.Option(metavar="DIR", help="Write every message as .eml and as a web page, with an index.html.", show_default=False)] = None,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
+    json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Print the rendered messages, headers decoded. Sends nothing, uses no network.
+    """Show the rendered messages, headers decoded. Sends nothing, uses no network.
 
     Example:  mailmerge preview list.xlsx -t invoice.txt --row 5
     """
-    _, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding, attachments_dir), debug)
-    shown = 0
-    for recipient, message in _run(lambda: list(rendered_rows(plan)), debug):
-        if row is not None and recipient.row != row:
+    ui = Ui("preview", debug=debug, json=json_out)
+    _, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
+    if html is not None:
+        from .htmlpreview import write_html_preview
+
+        index = ui.run(lambda: write_html_preview(plan, html))
+        ui.note(f"wrote {html}/ (open {index} in a browser)", style=None)
+    shown: list[dict[str, object]] = []
+    for recipient, message in ui.run(lambda: list(rendered_rows(plan))):
+        if (row is not None and recipient.row != row) or (limit is not None and len(shown) >= limit):
             continue
-        if limit is not None and shown >= limit:
-            break
-        out.print(f"──── row {recipient.row} " + "─" * 40, style="cyan", markup=False)
         if isinstance(message, list):
-            out.print(f"invalid, will not be sent: {message[0].reason}", style="yellow", markup=False)
-        else:
-            out.print(preview_text(message), markup=False)
-            if open_html:
-                _open_in_browser(message)
-                open_html = False
-        shown += 1
-    if row is not None and shown == 0:
-        err.print(f"error: no row {row} in {list_path}", style="red", markup=False)
-        raise typer.Exit(EXIT_INPUT)
-    err.print(f"{plan.to_send} to send, {len(plan.invalid)} invalid, of {len(plan.recipients)} rows", markup=False)
+            shown.append({"row": recipient.row, "valid": False, "reason": message[0].reason})
+            ui.say(f"──── row {recipient.row} " + "─" * 40, style="cyan")
+            ui.say(f"invalid, will not be sent: {message[0].reason}", style="yellow")
+            continue
+        shown.append(message_json(message))
+        ui.say(f"──── row {recipient.row} " + "─" * 40, style="cyan")
+        ui.say(preview_text(message))
+        if open_html and len(shown) == 1:
+            _open_in_browser(ui, message)
+    if row is not None and not shown:
+        ui.fail(InputError(f"no row {row} in {list_path}"))
+    if ui.json:
+        ui.emit({"counts": {"rows": len(plan.recipients), "to_send": plan.to_send, "invalid": len(plan.invalid)},
+                 "rows": shown})
+    else:
+        ui.note(f"{plan.to_send} to send, {len(plan.invalid)} invalid, of {len(plan.recipients)} rows", style=None)
 
 
-RateOption = Annotated[str | None, typer.Option(metavar="RATE", help="At most this many messages: 20/min, 2/s, 500/h (default: rate in [send]).", show_default=False)]
-CampaignOption = Annotated[
-    str | None,
-    typer.Option(metavar="NAME", help="Name of the campaign in the journal (default: from the list's path and the template's text).", show_default=False),
-]
-
-
-def _open_in_browser(message: OutgoingMessage) -> None:
+def _open_in_browser(ui: Ui, message: OutgoingMessage) -> None:
     handle, name = tempfile.mkstemp(prefix=f"mailmerge-row{message.row}-", suffix=".html")
     with os.fdopen(handle, "w", encoding="utf-8") as page:
         page.write(viewable_html(message))
-    err.print(f"opening {name}", markup=False)
+    ui.note(f"opening {name}", style=None)
     webbrowser.open(Path(name).as_uri())
+
+
+# --- send ------------------------------------------------------------------------------
 
 
 @app.command()
@@ -181,10 +182,9 @@ def send(
         Path | None, typer.Option(metavar="PATH", help="Where to write the report (default: LIST.report.csv beside the list).", show_default=False)
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Render and check every row; send nothing.")] = False,
-    outbox: Annotated[
-        Path | None,
-        typer.Option(metavar="DIR", help="Send to a local SMTP server that saves each message as DIR/*.eml (no account needed).", show_default=False),
-    ] = None,
+    outbox: OutboxOption = None,
+    test_to: Annotated[str | None, typer.Option(metavar="ADDRESS", help="Send the first rows (see --limit) only to ADDRESS, subject marked [TEST]; the real send is not affected.", show_default=False)] = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="How many rows --test-to sends.")] = 3,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     rate: RateOption = None,
     batch_size: Annotated[int | None, typer.Option(metavar="N", help="Pause after every N messages (see --batch-pause).", show_default=False)] = None,
@@ -194,7 +194,9 @@ def send(
     campaign: CampaignOption = None,
     restart: Annotated[bool, typer.Option("--restart", help="Forget what this campaign sent and send every row again.")] = False,
     resend_unknown: Annotated[bool, typer.Option("--resend-unknown", help="Send again the messages whose delivery is unknown.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")] = False,
     verbose: VerboseOption = False,
+    json_out: JsonOption = False,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
@@ -205,61 +207,94 @@ def send(
     Run the same command again after an interruption: what was sent is skipped.
 
     Example:  mailmerge send list.xlsx -t invoice.txt --rate 20/min
+    Try it:   mailmerge send list.xlsx -t invoice.txt --test-to me@example.com
 
     Exit codes: 0 every row sent, 1 the run stopped on an error, 2 bad input,
     3 some rows refused, invalid, deferred, unknown or not sent yet, 130 interrupted.
     """
-    settings, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding, attachments_dir), debug)
-    _print_invalid(plan)
-    pace = _run(lambda: _pace(settings.send, rate, batch_size, batch_pause, max_messages, connections), debug)
+    ui = Ui("send", debug=debug, json=json_out, quiet=quiet)
+    settings, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
+    pace = ui.run(lambda: _pace(settings.send, rate, batch_size, batch_pause, max_messages, connections))
     name = campaign_id(list_path, plan.template.text, campaign)
     folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
     if dry_run:
-        with open_view(folder, name) as view:
-            work = _run(lambda: count_work(plan, view, resend_unknown=resend_unknown), debug)
-        out.print(
-            f"dry run: would send {work.to_send} messages ({work.done} already sent) to "
-            f"{plan.addresses} addresses; {work.invalid} rows invalid. Nothing was sent.",
-            markup=False,
-        )
-        raise typer.Exit(EXIT_REFUSED if plan.invalid else EXIT_OK)
-    report_path = report or default_report_path(list_path)
+        _dry_run(ui, plan, folder, name, resend_unknown)
+    if test_to is not None:
+        _test_send(ui, settings, plan, test_to, limit, yes, verbose)
     with Journal(folder, name) as journal:
-        _run(journal.lock, debug)
+        ui.run(journal.lock)
         if restart:
             if not yes and not (sys.stdin.isatty() and typer.confirm("Forget what this campaign sent and send every row again?")):
-                _fail(InputError("--restart needs a confirmation: answer yes, or add --yes"), debug)
+                ui.fail(InputError("--restart needs a confirmation: answer yes, or add --yes"))
             journal.restart()
         journal.register(list_path, plan.template.path)
         recovered = journal.recover()
-        work = _run(lambda: count_work(plan, journal, resend_unknown=resend_unknown), debug)
-        _say_where_we_are(journal, list_path, work, recovered)
+        work = ui.run(lambda: count_work(plan, journal, resend_unknown=resend_unknown))
+        _say_where_we_are(ui, journal, list_path, work, recovered)
+        report_path = report or default_report_path(list_path)
+        started = time.monotonic()
         if work.to_send == 0:
-            _finish(plan, journal, MergeResult(), report_path)
+            _finish(ui, plan, journal, MergeResult(), report_path, started)
         if outbox is not None:
             with OutboxServer(outbox) as smtp:
-                out.print(f"Sending {work.to_send} messages to the outbox {outbox}/ (nothing leaves this machine)", markup=False)
-                result = _send_with_progress(plan, journal, smtp, None, pace, work, resend_unknown, debug, verbose)
+                ui.note(f"Sending {work.to_send} messages to the outbox {outbox}/ (nothing leaves this machine)", style=None)
+                result = _send_with_progress(ui, plan, journal, smtp, None, pace, work, resend_unknown, verbose)
         else:
-            smtp = _run(settings.require_server, debug)
-            who = f" as {smtp.username}" if smtp.username else ""
-            if not yes:
-                if not sys.stdin.isatty():
-                    _fail(InputError("no terminal to confirm on; add --yes to send without asking"), debug)
-                if not typer.confirm(f"About to send {work.to_send} messages via {smtp.host}:{smtp.port}{who}. Send?"):
-                    raise typer.Exit(EXIT_OK)
-            password = _secret(settings, smtp, debug)
-            result = _send_with_progress(plan, journal, smtp, password, pace, work, resend_unknown, debug, verbose)
-        _finish(plan, journal, result, report_path)
+            smtp = ui.run(settings.require_server)
+            _confirm(ui, yes, f"About to send {work.to_send} messages via {smtp.host}:{smtp.port}{_as_user(smtp)}. Send?")
+            password = _secret(ui, settings, smtp)
+            started = time.monotonic()
+            result = _send_with_progress(ui, plan, journal, smtp, password, pace, work, resend_unknown, verbose)
+        _finish(ui, plan, journal, result, report_path, started)
 
 
-def _secret(settings: Config, smtp: SmtpConfig, debug: bool) -> str | None:
+def _as_user(smtp: SmtpConfig) -> str:
+    return f" as {smtp.username}" if smtp.username else ""
+
+
+def _confirm(ui: Ui, yes: bool, question: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        ui.fail(InputError("no terminal to confirm on; add --yes to send without asking"))
+    if not typer.confirm(question, err=True):
+        raise typer.Exit(EXIT_OK)
+
+
+def _dry_run(ui: Ui, plan: Plan, folder: Path, name: str, resend_unknown: bool) -> NoReturn:
+    with open_view(folder, name) as view:
+        work = ui.run(lambda: count_work(plan, view, resend_unknown=resend_unknown))
+    if ui.json:
+        ui.emit({"dry_run": True, "counts": {"rows": work.rows, "to_send": work.to_send, "already_sent": work.done,
+                                             "invalid": work.invalid, "addresses": plan.addresses},
+                 "invalid": [{"row": row, "reason": outcomes[0].reason} for row, outcomes in plan.invalid.items()]})
+    ui.say(
+        f"dry run: would send {work.to_send} messages ({work.done} already sent) to "
+        f"{plan.addresses} addresses; {work.invalid} rows invalid. Nothing was sent."
+    )
+    raise typer.Exit(EXIT_REFUSED if plan.invalid else EXIT_OK)
+
+
+def _test_send(ui: Ui, settings: Config, plan: Plan, address: str, limit: int, yes: bool, verbose: bool) -> NoReturn:
+    smtp = ui.run(settings.require_server)
+    _confirm(ui, yes, f"Send {limit} test messages to {address} via {smtp.host}:{smtp.port}{_as_user(smtp)}?")
+    password = _secret(ui, settings, smtp)
+    log = (lambda line: ui.note(line, style=None)) if verbose else None
+    outcomes = ui.run(lambda: send_test(plan, smtp, password, address, limit=limit, log=log))
+    sent = sum(o.status.value == "sent" for o in outcomes)
+    if ui.json:
+        ui.emit({"test_to": address, "counts": {"sent": sent, "not_sent": len(outcomes) - sent}, "rows": rows_json(outcomes)})
+    ui.say(f"test send: {sent} of {len(outcomes)} messages delivered to {address} (subjects start with [TEST]); "
+           "the real recipients got nothing")
+    raise typer.Exit(EXIT_OK if sent == len(outcomes) else EXIT_REFUSED)
+
+
+def _secret(ui: Ui, settings: Config, smtp: SmtpConfig) -> str | None:
     """The password (or token) from its first source; warns about a login without TLS."""
     if smtp.security == "none" and smtp.username:
-        err.print(f"warning: the password for {smtp.username} goes to {smtp.host} without encryption",
-                  style="yellow", markup=False)
-    prompt = (lambda text: str(typer.prompt(text, hide_input=True))) if sys.stdin.isatty() else None
-    secret = _run(lambda: find_secret(smtp, settings.path, prompt=prompt), debug)
+        ui.note(f"warning: the password for {smtp.username} goes to {smtp.host} without encryption")
+    prompt = (lambda text: str(typer.prompt(text, hide_input=True, err=True))) if sys.stdin.isatty() else None
+    secret = ui.run(lambda: find_secret(smtp, settings.path, prompt=prompt))
     return secret.value if secret else None
 
 
@@ -284,80 +319,72 @@ def _pace(
     return settings
 
 
-def _say_where_we_are(journal: Journal, list_path: Path, work: Work, recovered: int) -> None:
+def _say_where_we_are(ui: Ui, journal: Journal, list_path: Path, work: Work, recovered: int) -> None:
     if recovered:
-        err.print(
+        ui.note(
             f"{recovered} addresses were being sent when the last run stopped: they are 'unknown' "
-            "(maybe delivered) and are not sent again; --resend-unknown sends them.",
-            style="yellow", markup=False,
+            "(maybe delivered) and are not sent again; --resend-unknown sends them."
         )
     if work.done and work.to_send:
-        err.print(f"{work.done:,} of {work.rows - work.invalid:,} already sent; sending the other {work.to_send:,}", markup=False)
+        ui.note(f"{work.done:,} of {work.rows - work.invalid:,} already sent; sending the other {work.to_send:,}", style=None)
     elif work.done:
-        err.print(f"Nothing left to send: all {work.done:,} rows were sent (or refused) by an earlier run.", markup=False)
+        ui.note(f"Nothing left to send: all {work.done:,} rows were sent (or refused) by an earlier run.", style=None)
     for other, count in journal.other_campaigns(list_path):
-        err.print(
+        ui.note(
             f"note: {count} messages of this list were sent by another campaign ({other}), "
             "with another version of the template. If this is the same mailing, stop and "
-            "pass --campaign with one name for both.",
-            style="yellow", markup=False,
+            "pass --campaign with one name for both."
         )
 
 
 def _send_with_progress(
-    plan: Plan, journal: Journal, smtp: SmtpConfig, password: str | None,
-    settings: SendConfig, work: Work, resend_unknown: bool, debug: bool, verbose: bool,
+    ui: Ui, plan: Plan, journal: Journal, smtp: SmtpConfig, password: str | None,
+    settings: SendConfig, work: Work, resend_unknown: bool, verbose: bool,
 ) -> MergeResult:
-    def show_problems(outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
-            if outcome.status not in (Status.SENT, Status.INVALID):
-                code = f"{outcome.code} " if outcome.code else ""
-                err.print(f"row {outcome.row}: {outcome.status.value} {outcome.address}: {code}{outcome.reason}", markup=False)
-
-    def notify(text: str) -> None:
-        err.print(text, markup=False)
-
     stop = StopSignal()
-
-    def run(on_row: Callable[[list[Outcome]], None]) -> MergeResult:
+    with SendProgress(ui, work.to_send) as progress:
         try:
             with stop.installed():
                 return send_merge(plan, journal, smtp, password, settings, stop=stop,
-                                  resend_unknown=resend_unknown, on_row=on_row, notify=notify,
-                                  log=notify if verbose else None)
+                                  resend_unknown=resend_unknown, on_row=progress.row, notify=progress.notify,
+                                  log=(lambda line: ui.note(line, style=None)) if verbose else None)
         except KeyboardInterrupt:  # the second Ctrl-C
             return MergeResult(stopped="interrupted twice (Ctrl-C): stopped at once")
         except MailmergeError as error:
-            _fail(error, debug)
-
-    if not err.is_terminal:
-        return run(show_problems)
-    columns = (TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task("send", total=work.to_send)
-
-        def advance(outcomes: list[Outcome]) -> None:
-            show_problems(outcomes)
-            progress.advance(task)
-
-        return run(advance)
+            ui.fail(error)
 
 
-def _finish(plan: Plan, journal: Journal, result: MergeResult, report_path: Path) -> NoReturn:
+def _finish(ui: Ui, plan: Plan, journal: Journal, result: MergeResult, report_path: Path, started: float) -> NoReturn:
     summary = write_report(report_path, campaign_outcomes(plan, journal))
+    seconds = time.monotonic() - started
     again = "Nothing is lost: run the same command again to send the rest."
     if result.error is not None:
-        err.print(f"error: {result.error}", style="red", markup=False)
-        err.print(again, style="yellow", markup=False)
+        ui.note(f"error: {result.error}", style="red")
+        ui.note(again)
     elif result.stopped:
-        err.print(f"Stopped: {result.stopped}. {again}", style="yellow", markup=False)
-    out.print(summary.line(), markup=False)
-    out.print(f"report: {report_path}", markup=False)
+        ui.note(f"Stopped: {result.stopped}. {again}")
     if result.stopped.startswith(("interrupted", "stopped (SIGTERM)")):
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if result.error is not None:
-        raise typer.Exit(EXIT_STOPPED)
-    raise typer.Exit(EXIT_OK if summary.all_sent else EXIT_REFUSED)
+        code = EXIT_INTERRUPTED
+    elif result.error is not None:
+        code = EXIT_STOPPED
+    else:
+        code = EXIT_OK if summary.all_sent else EXIT_REFUSED
+    if ui.json:
+        ui.emit({
+            "campaign": journal.campaign, "counts": counts_json(summary), "messages": result.messages,
+            "seconds": round(seconds, 3), "report": str(report_path), "stopped": result.stopped or None,
+            "error": str(result.error) if result.error else None, "exit_code": code,
+            "rows": rows_json(campaign_outcomes(plan, journal)),
+        })
+    else:
+        if not ui.quiet:
+            out.print(summary_table(summary, seconds, result.messages, report_path))
+        out.print(summary.line(), markup=False)
+        out.print(f"report: {report_path}", markup=False)
+    raise typer.Exit(code)
+
+
+# --- status, check, login, logout, init -------------------------------------------------------
 
 
 @app.command()
@@ -370,21 +397,28 @@ def status(
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
+    json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Show how far the campaign got: how many rows are in each state. Sends nothing.
 
     Example:  mailmerge status list.xlsx -t invoice.txt
     """
-    _, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding, attachments_dir), debug)
+    ui = Ui("status", debug=debug, json=json_out)
+    _, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
     name = campaign_id(list_path, plan.template.text, campaign)
     folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
     with open_view(folder, name) as view:
-        summary = Summary.of(campaign_outcomes(plan, view))
-    out.print(f"campaign {name}: {len(plan.recipients)} rows", markup=False)
+        outcomes = list(campaign_outcomes(plan, view))
+    summary = Summary.of(outcomes)
+    if ui.json:
+        ui.emit({"campaign": name, "rows": len(plan.recipients), "counts": counts_json(summary),
+                 "entries": rows_json(outcomes)})
+        return
+    ui.say(f"campaign {name}: {len(plan.recipients)} rows")
     for state in Status:
         label = "not sent yet" if state is Status.FAILED else state.value
-        out.print(f"  {label:<13}{summary.counts[state]:>8,}", markup=False)
+        ui.say(f"  {label:<13}{summary.counts[state]:>8,}")
 
 
 @app.command()
@@ -397,66 +431,95 @@ def check(
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
     verbose: VerboseOption = False,
+    json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Check the list, the template and (with --smtp) the server and login. Sends nothing.
 
     Example:  mailmerge check list.xlsx -t invoice.txt --smtp
     """
-    settings, plan = _run(lambda: _prepare(list_path, template, config, sheet, encoding, attachments_dir), debug)
-    _print_invalid(plan)
-    out.print(f"list and template: {plan.to_send} rows can be sent, {len(plan.invalid)} invalid", markup=False)
+    ui = Ui("check", debug=debug, json=json_out)
+    settings, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
+    ui.say(f"list and template: {plan.to_send} rows can be sent, {len(plan.invalid)} invalid")
+    steps: list[str] = []
     if smtp_check:
-        smtp = _run(settings.require_server, debug)
-        secret = _secret(settings, smtp, debug)
+        smtp = ui.run(settings.require_server)
+        secret = _secret(ui, settings, smtp)
 
         def step(text: str) -> None:
-            out.print(f"  ok  {text}", markup=False)
+            steps.append(text)
+            ui.say(f"  ok  {text}")
 
-        log = (lambda line: err.print(line, markup=False)) if verbose else None
+        log = (lambda line: ui.note(line, style=None)) if verbose else None
         session = SmtpSession(smtp, secret, log=log, step=step)
-        _run(session.open, debug)
+        ui.run(session.open)
         session.close()
         step("QUIT")
+    if ui.json:
+        ui.emit({
+            "counts": {"rows": len(plan.recipients), "to_send": plan.to_send, "invalid": len(plan.invalid)},
+            "invalid": [{"row": row, "reason": outcomes[0].reason} for row, outcomes in plan.invalid.items()],
+            "smtp": {"checked": smtp_check, "steps": steps},
+        })
     raise typer.Exit(EXIT_REFUSED if plan.invalid else EXIT_OK)
 
 
 @app.command()
-def login(
-    config: ConfigOption = None,
-    debug: DebugOption = False,
-) -> None:
+def login(config: ConfigOption = None, debug: DebugOption = False) -> None:
     """Store the SMTP password in the system keyring (asked for, or read from standard input).
 
     Example:  mailmerge login --config mailmerge.toml
     """
-    settings = _run(lambda: load_config(find_config(Path("list"), config)), debug)
-    smtp = _run(settings.require_server, debug)
+    ui = Ui("login", debug=debug)
+    settings = ui.run(lambda: load_config(find_config(Path("list"), config)))
+    smtp = ui.run(settings.require_server)
     if not smtp.username:
-        _fail(ConfigError("no username in [smtp]: this server needs no password"), debug)
+        ui.fail(ConfigError("no username in [smtp]: this server needs no password"))
     if sys.stdin.isatty():
-        password = str(typer.prompt(f"Password for {smtp.username} at {smtp.host}", hide_input=True))
+        password = str(typer.prompt(f"Password for {smtp.username} at {smtp.host}", hide_input=True, err=True))
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    _run(lambda: store_password(smtp, password), debug)
-    out.print(f"stored the password for {smtp.username} at {smtp.host} in the system keyring", markup=False)
+    ui.run(lambda: store_password(smtp, password))
+    ui.say(f"stored the password for {smtp.username} at {smtp.host} in the system keyring")
 
 
 @app.command()
-def logout(
-    config: ConfigOption = None,
-    debug: DebugOption = False,
-) -> None:
+def logout(config: ConfigOption = None, debug: DebugOption = False) -> None:
     """Remove the SMTP password from the system keyring.
 
     Example:  mailmerge logout
     """
-    settings = _run(lambda: load_config(find_config(Path("list"), config)), debug)
-    smtp = _run(settings.require_server, debug)
-    if _run(lambda: forget_password(smtp), debug):
-        out.print(f"removed the password for {smtp.username} at {smtp.host}", markup=False)
+    ui = Ui("logout", debug=debug)
+    settings = ui.run(lambda: load_config(find_config(Path("list"), config)))
+    smtp = ui.run(settings.require_server)
+    if ui.run(lambda: forget_password(smtp)):
+        ui.say(f"removed the password for {smtp.username} at {smtp.host}")
     else:
-        out.print(f"no password was stored for {smtp.username} at {smtp.host}", markup=False)
+        ui.say(f"no password was stored for {smtp.username} at {smtp.host}")
+
+
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="Where to start (default: here).")] = Path("."),
+    debug: DebugOption = False,
+) -> None:
+    """Write a working starting point: mailmerge.toml, templates, a sample list, .env.example.
+
+    Never overwrites a file. Then try:  mailmerge preview samples/recipients.xlsx
+
+    Example:  mailmerge init newsletter && cd newsletter
+    """
+    from .scaffold import init_folder
+
+    ui = Ui("init", debug=debug)
+    result = ui.run(lambda: init_folder(folder))
+    for path in result.written:
+        ui.say(f"  wrote  {path}")
+    for path in result.kept:
+        ui.say(f"  kept   {path} (it exists; not overwritten)")
+    where = "" if folder == Path(".") else f"cd {folder} && "
+    ui.say(f"\nNext: {where}mailmerge preview samples/recipients.xlsx")
+    ui.say("then: mailmerge send samples/recipients.xlsx --outbox outbox   (nothing leaves this machine)")
 
 
 def _version(value: bool) -> None:
@@ -472,4 +535,3 @@ def main(
     ] = False,
 ) -> None:
     """Template-driven mail merge."""
-

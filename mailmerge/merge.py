@@ -25,12 +25,12 @@ from typing import Protocol
 from .config import SendConfig, SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
 from .journal import IN_FLIGHT, Entry, Journal, ListChanged, row_hash
-from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_addresses
+from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_address, check_addresses
 from .outcome import Outcome, Status
 from .pacing import Pacer, StopSignal
 from .recipients import Recipient, RecipientList
 from .template import Draft, MailTemplate
-from .transport import Job, SmtpClient
+from .transport import Job, SmtpClient, SmtpSession
 
 # States after which an address is not sent again by a later run.
 DONE = {Status.SENT.value, Status.REFUSED.value, Status.UNKNOWN.value}
@@ -419,3 +419,33 @@ def campaign_outcomes(plan: Plan, journal: JournalView) -> Iterator[Outcome]:
                                   entry.message_id)
                 else:
                     yield entry.outcome()
+
+
+# --- a test send to yourself -----------------------------------------------------------
+
+
+def send_test(
+    plan: Plan,
+    smtp: SmtpConfig,
+    password: str | None,
+    address: str,
+    *,
+    limit: int = 3,
+    log: Callable[[str], None] | None = None,
+) -> list[Outcome]:
+    """Send the first ``limit`` valid rows exactly as they would go out,
+    headers included, but only to ``address`` and with ``[TEST]`` before the
+    subject. Nothing goes into the journal: the real send still sends every row.
+    """
+    _, ascii_form = check_address(address)
+    target = EnvelopeRecipient("To", ascii_form or address)
+    outcomes: list[Outcome] = []
+    with SmtpSession(smtp, password, log=log) as session:
+        for _, message in rendered_rows(plan):
+            if len(outcomes) >= limit:
+                break
+            if isinstance(message, list):
+                continue
+            message.message.replace_header("Subject", f"[TEST] {message.message['Subject']}")
+            outcomes.extend(session.send(message, [target]))
+    return outcomes

@@ -1,0 +1,215 @@
+"""How the commands talk to the person (and to scripts): errors in one line,
+progress while sending, the summary table, and the ``--json`` documents.
+
+Human text goes to stderr (and the summary to stdout); with ``--json``,
+stdout carries exactly one JSON object and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import MailmergeError
+from .message import OutgoingMessage, structure
+from .outcome import Outcome, Status, row_status
+from .report import Summary
+
+T = TypeVar("T")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+@dataclass
+class Ui:
+    """One command's way of talking: ``--debug``, ``--json``, ``--quiet``."""
+
+    command: str
+    debug: bool = False
+    json: bool = False
+    quiet: bool = False
+
+    def fail(self, error: MailmergeError) -> NoReturn:
+        """One line saying what is wrong (JSON with ``--json``), and its exit code."""
+        if self.debug:
+            traceback.print_exception(error)
+        err.print(f"error: {error}", style="red", markup=False)
+        if self.json:
+            self.emit({"error": str(error), "exit_code": error.exit_code})
+        raise typer.Exit(error.exit_code)
+
+    def run(self, action: Callable[[], T]) -> T:
+        """Run ``action``; a MailmergeError becomes :meth:`fail`."""
+        try:
+            return action()
+        except MailmergeError as error:
+            self.fail(error)
+
+    def note(self, text: str, style: str | None = "yellow") -> None:
+        """Something the person should know (stderr)."""
+        err.print(text, style=style, markup=False)
+
+    def say(self, text: str, style: str | None = None) -> None:
+        """Regular output (stdout), silent with ``--json``."""
+        if not self.json:
+            out.print(text, style=style, markup=False)
+
+    def emit(self, document: dict[str, Any]) -> None:
+        """The ``--json`` result: one object on stdout."""
+        sys.stdout.write(json.dumps({"command": self.command, **document}, ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.flush()
+
+
+# --- progress while sending ------------------------------------------------------
+
+
+@dataclass
+class SendProgress:
+    """A progress bar on a terminal (done/total, rate, ETA, refused so far,
+    pauses); one line per message otherwise; nothing with ``--quiet``."""
+
+    ui: Ui
+    total: int
+    started: float = field(default_factory=time.monotonic)
+    problems: int = 0
+    _progress: Progress | None = None
+    _task: TaskID | None = None
+
+    def __enter__(self) -> SendProgress:
+        if err.is_terminal and not self.ui.quiet:
+            columns = (
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} msg/s"), TimeRemainingColumn(),
+                TextColumn("refused {task.fields[problems]}"),
+            )
+            self._progress = Progress(*columns, console=err, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("sending", total=self.total, rate="-", problems=0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def row(self, outcomes: list[Outcome]) -> None:
+        """One message's outcomes arrived."""
+        status = row_status(outcomes)
+        if status is not Status.SENT:
+            self.problems += 1
+        if self._progress is not None and self._task is not None:
+            for o in outcomes:
+                if o.status not in (Status.SENT, Status.INVALID):
+                    self._progress.console.print(_outcome_line(o), markup=False)
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            done = self._progress.tasks[0].completed + 1
+            self._progress.update(self._task, advance=1, rate=f"{done / elapsed:.1f}", problems=self.problems,
+                                  description="sending")
+        elif not self.ui.quiet:
+            for o in outcomes:
+                err.print(_outcome_line(o), markup=False)
+
+    def notify(self, text: str) -> None:
+        """News (a pause, a reconnection): the bar's label on a terminal."""
+        if self._progress is not None and self._task is not None:
+            label = text if len(text) < 60 else text[:57] + "..."
+            if "pausing" in text:
+                label = f"paused ({text.split('pausing', 1)[1].strip()}); resumes at " + time.strftime(
+                    "%H:%M:%S", time.localtime(time.time() + _seconds_in(text)))
+            self._progress.update(self._task, description=label)
+            self._progress.console.print(text, markup=False)
+        elif not self.ui.quiet:
+            err.print(text, markup=False)
+
+
+def _seconds_in(text: str) -> float:
+    try:
+        return float(text.rsplit("pausing", 1)[1].split()[0])
+    except (IndexError, ValueError):
+        return 0.0
+
+
+def _outcome_line(o: Outcome) -> str:
+    code = f"{o.code} " if o.code else ""
+    detail = f": {code}{o.reason}" if o.status is not Status.SENT else ""
+    return f"row {o.row}: {o.status.value} {o.address}{detail}"
+
+
+def summary_table(summary: Summary, seconds: float, messages: int, report: Path) -> Table:
+    """The table after a send: rows per state, time, speed, the report."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for state in (Status.SENT, Status.REFUSED, Status.INVALID, Status.DEFERRED, Status.UNKNOWN, Status.FAILED):
+        label = "not sent yet" if state is Status.FAILED else state.value
+        table.add_row(label, f"{summary.counts[state]:,}")
+    table.add_row("time", f"{seconds:.1f} s")
+    table.add_row("messages/s", f"{messages / seconds:.1f}" if seconds > 0 else "-")
+    table.add_row("report", str(report))
+    return table
+
+
+# --- the --json documents ------------------------------------------------------------
+
+
+def counts_json(summary: Summary) -> dict[str, int]:
+    return {state.value: summary.counts[state] for state in Status}
+
+
+def rows_json(outcomes: Iterable[Outcome]) -> list[dict[str, Any]]:
+    """One entry per row: its status and each address's outcome."""
+    rows: list[dict[str, Any]] = []
+    current: list[Outcome] = []
+
+    def close() -> None:
+        if current:
+            rows.append({
+                "row": current[0].row,
+                "status": row_status(current).value,
+                "addresses": [
+                    {"address": o.address, "field": o.field, "status": o.status.value,
+                     "code": o.code, "reason": o.reason, "message_id": o.message_id}
+                    for o in current
+                ],
+            })
+
+    for outcome in outcomes:
+        if current and outcome.row != current[0].row:
+            close()
+            current = []
+        current.append(outcome)
+    close()
+    return rows
+
+
+def message_json(message: OutgoingMessage) -> dict[str, Any]:
+    """A rendered message for ``preview --json``."""
+    email = message.message
+    text = email.get_body(("plain",))
+    return {
+        "row": message.row,
+        "valid": True,
+        "from": str(email["From"]),
+        "to": [r.address for r in message.recipients if r.field == "To"],
+        "cc": [r.address for r in message.recipients if r.field == "Cc"],
+        "bcc": [r.address for r in message.recipients if r.field == "Bcc"],
+        "subject": str(email["Subject"]),
+        "text": str(text.get_content()) if text is not None else "",
+        "html": email.get_body(("html",)) is not None,
+        "attachments": [
+            {"name": part.get_filename(), "size": len(part.get_payload(decode=True) or b""),
+             "type": part.get_content_type()}
+            for part in email.iter_attachments()
+        ],
+        "parts": [line.strip() for line in structure(email)] if email.is_multipart() else [],
+    }
