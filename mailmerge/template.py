@@ -37,6 +37,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file
 from .errors import InvalidRow, TemplateError, did_you_mean
+from .filters import FILTERS
 from .recipients import Recipient
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
@@ -167,6 +168,7 @@ class MailTemplate:
         self._env = SandboxedEnvironment(
             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
         )
+        self._env.filters.update(FILTERS)
         self._address_env = self._env.overlay(finalize=self._placeholders)
         self._html_env = self._env.overlay(autoescape=True)
         self.parts = parts
