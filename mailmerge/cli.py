@@ -20,7 +20,9 @@ import typer
 
 from . import __version__
 from .config import Config, SendConfig, SmtpConfig, find_config, load_config
-from .credentials import find_secret, forget_password, store_password
+from .archive import collect_bounces, imap_config, parse_since, save_sent_copies
+from .credentials import find_imap_secret, find_secret, forget_password, store_password
+from .imap import ImapSession
 from .errors import ConfigError, InputError, MailmergeError
 from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_view
 from .merge import (
@@ -194,6 +196,7 @@ def send(
     campaign: CampaignOption = None,
     restart: Annotated[bool, typer.Option("--restart", help="Forget what this campaign sent and send every row again.")] = False,
     resend_unknown: Annotated[bool, typer.Option("--resend-unknown", help="Send again the messages whose delivery is unknown.")] = False,
+    sent_folder: Annotated[str | None, typer.Option(metavar="NAME", help="IMAP folder for the copies of sent messages (default: the one flagged Sent).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")] = False,
     verbose: VerboseOption = False,
     json_out: JsonOption = False,
@@ -234,6 +237,8 @@ def send(
         report_path = report or default_report_path(list_path)
         started = time.monotonic()
         if work.to_send == 0:
+            if outbox is None:
+                _save_copies(ui, settings, plan, journal, sent_folder)
             _finish(ui, plan, journal, MergeResult(), report_path, started)
         if outbox is not None:
             with OutboxServer(outbox) as smtp:
@@ -245,7 +250,42 @@ def send(
             password = _secret(ui, settings, smtp)
             started = time.monotonic()
             result = _send_with_progress(ui, plan, journal, smtp, password, pace, work, resend_unknown, verbose)
+            _save_copies(ui, settings, plan, journal, sent_folder)
         _finish(ui, plan, journal, result, report_path, started)
+
+
+def _imap_session(ui: Ui, settings: Config, verbose: bool = False) -> ImapSession:
+    """An open IMAP session for [imap] (its password from its sources)."""
+    imap = settings.imap
+    prompt = (lambda text: str(typer.prompt(text, hide_input=True, err=True))) if sys.stdin.isatty() else None
+    secret = ui.run(lambda: find_imap_secret(imap, settings.smtp, settings.path, prompt=prompt))
+    log = (lambda line: ui.note(line, style=None)) if verbose else None
+    session = ImapSession(imap_config(imap), secret.value, log=log)
+    ui.run(session.open)
+    return session
+
+
+def _save_copies(ui: Ui, settings: Config, plan: Plan, journal: Journal, sent_folder: str | None) -> None:
+    """[imap] save_sent: the copies of the accepted messages into the Sent
+    folder. A failure here never undoes the send: it is said, and the next run
+    appends what is missing."""
+    if not settings.imap.save_sent and sent_folder is None:
+        return
+    if not settings.imap.host:
+        ui.note("--sent-folder needs [imap] in mailmerge.toml; no copies were saved")
+        return
+    try:
+        session = _imap_session(ui, settings)
+        try:
+            result = save_sent_copies(plan, journal, session, sent_folder or settings.imap.sent_folder)
+        finally:
+            session.close()
+    except (MailmergeError, typer.Exit) as error:
+        ui.note(f"warning: the copies for the Sent folder were not all saved ({error}); "
+                "the next run of the same command saves the missing ones")
+        return
+    if result.appended:
+        ui.note(f"saved {result.appended} copies in the folder '{result.folder}'", style=None)
 
 
 def _as_user(smtp: SmtpConfig) -> str:
@@ -462,6 +502,59 @@ def check(
             "smtp": {"checked": smtp_check, "steps": steps},
         })
     raise typer.Exit(EXIT_REFUSED if plan.invalid else EXIT_OK)
+
+
+@app.command()
+def bounces(
+    list_path: ListArgument,
+    template: TemplateOption = None,
+    config: ConfigOption = None,
+    since: Annotated[str, typer.Option(metavar="WHEN", help="Look at mail received since: 2d, 12h, 1w or 2026-11-20.")] = "7d",
+    report: Annotated[Path | None, typer.Option(metavar="PATH", help="The report to rewrite (default: LIST.report.csv beside the list).", show_default=False)] = None,
+    move_to: Annotated[str | None, typer.Option(metavar="FOLDER", help="Move the bounces found into this folder (default: leave the inbox as it is).", show_default=False)] = None,
+    campaign: CampaignOption = None,
+    sheet: SheetOption = None,
+    encoding: EncodingOption = None,
+    attachments_dir: AttachmentsOption = None,
+    verbose: VerboseOption = False,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Find the bounces in the inbox (IMAP) and put them into the report. Reads only.
+
+    A bounced address is never sent again by this campaign. Nothing in the
+    inbox is marked read, moved or deleted, unless --move-to is given.
+
+    Example:  mailmerge bounces list.xlsx -t invoice.txt --since 2d
+    """
+    ui = Ui("bounces", debug=debug, json=json_out)
+    settings, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
+    if not settings.imap.host:
+        ui.fail(ConfigError("bounces needs [imap] in mailmerge.toml (host or provider, username)"))
+    when = ui.run(lambda: parse_since(since))
+    name = campaign_id(list_path, plan.template.text, campaign)
+    with Journal(journal_folder(list_path), name) as journal:
+        session = _imap_session(ui, settings, verbose)
+        try:
+            found = ui.run(lambda: collect_bounces(journal, session, when, move_to=move_to))
+        finally:
+            session.close()
+        report_path = report or default_report_path(list_path)
+        summary = write_report(report_path, campaign_outcomes(plan, journal))
+    for bounce, rows in found.matched:
+        ui.note(f"row {', '.join(map(str, rows))}: bounced {bounce.recipient}: {bounce.status} {bounce.diagnostic}", style=None)
+    if ui.json:
+        ui.emit({
+            "since": when.isoformat(), "bounces": len(found.matched), "other_bounces": len(found.unmatched),
+            "counts": counts_json(summary), "report": str(report_path),
+            "bounced": [{"rows": rows, "address": b.recipient, "status": b.status, "diagnostic": b.diagnostic}
+                        for b, rows in found.matched],
+        })
+    else:
+        ui.say(f"{len(found.matched)} bounces of this campaign since {when.isoformat()}"
+               + (f" ({len(found.unmatched)} about other mail)" if found.unmatched else ""))
+        ui.say(summary.line())
+        ui.say(f"report: {report_path}")
 
 
 @app.command()

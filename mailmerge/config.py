@@ -71,6 +71,20 @@ class SendConfig:
 
 
 @dataclass
+class ImapSettings:
+    """The [imap] section: a copy of each sent message in the Sent folder, and bounces."""
+
+    host: str = ""  # empty: no IMAP
+    port: int = 993
+    security: str = "ssl"  # "ssl" | "starttls"
+    username: str | None = None
+    ca_file: Path | None = None
+    timeout: float = 30.0
+    save_sent: bool = False
+    sent_folder: str | None = None  # default: the folder flagged \Sent, else the usual names
+
+
+@dataclass
 class MessageConfig:
     """Defaults for every message."""
 
@@ -87,6 +101,7 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     send: SendConfig = field(default_factory=SendConfig)
     message: MessageConfig = field(default_factory=MessageConfig)
+    imap: ImapSettings = field(default_factory=ImapSettings)
     path: Path | None = None
     notes: list[str] = field(default_factory=list)  # for the user: what was assumed
 
@@ -113,6 +128,7 @@ _SMTP_KEYS = (
     "auth", "password_command", "oauth2_token_command", "allow_insecure_auth",
 )
 _MESSAGE_KEYS = ("from", "template", "unsubscribe", "css")
+_IMAP_KEYS = ("provider", "host", "port", "security", "username", "ca_file", "timeout", "save_sent", "sent_folder")
 _SEND_KEYS = (
     "rate", "batch_size", "batch_pause", "max_messages", "max_per_connection", "connections",
     "reconnect_attempts", "reconnect_delay", "reconnect_max_delay",
@@ -146,7 +162,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path}: cannot read the config ({error})") from error
     where = str(path) if path else "the environment"
-    _check_keys(data, {"smtp": _SMTP_KEYS, "send": _SEND_KEYS, "message": _MESSAGE_KEYS}, where)
+    _check_keys(data, {"smtp": _SMTP_KEYS, "send": _SEND_KEYS, "message": _MESSAGE_KEYS, "imap": _IMAP_KEYS}, where)
     base = path.parent if path else Path.cwd()
     environ = {**dotenv_values(path), **environ}
     send_data = _with_environment(data, "send", _SEND_KEYS, environ)
@@ -155,6 +171,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
         send=_send_config(send_data, where),
         path=path,
     )
+    config.imap = _imap_config(_with_environment(data, "imap", _IMAP_KEYS, environ), config.smtp, base, where)
     provider = PROVIDERS.get(config.smtp.provider or "")
     if provider is not None:  # its published limits, unless the user set their own
         if "rate" not in send_data and provider.per_minute:
@@ -318,6 +335,36 @@ def _smtp_config(data: dict[str, Any], base: Path, where: str) -> SmtpConfig:
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"{where}: {key} must be a number, not '{data[key]}'") from error
     return config
+
+
+def _imap_config(data: dict[str, Any], smtp: SmtpConfig, base: Path, where: str) -> ImapSettings:
+    """[imap]: a provider preset (or the SMTP provider's) fills host and port;
+    the username defaults to the SMTP one."""
+    name = (_text(data, "provider", where) or smtp.provider or "").lower()
+    preset = PROVIDERS.get(name)
+    if name and preset is None:
+        raise ConfigError(f"{where}: [imap] provider = '{name}' is not one of {', '.join(PROVIDERS)}"
+                          f"{did_you_mean(name, PROVIDERS)}")
+    settings = ImapSettings(host=str(data.get("host", preset.imap_host if preset else "")))
+    settings.security = str(data.get("security", "ssl")).lower()
+    if settings.security not in ("ssl", "starttls"):
+        raise ConfigError(f"{where}: [imap] security = '{settings.security}' is not ssl or starttls")
+    settings.port = 993 if settings.security == "ssl" else 143
+    settings.username = _text(data, "username", where) or smtp.username
+    settings.sent_folder = _text(data, "sent_folder", where)
+    ca_file = _text(data, "ca_file", where)
+    settings.ca_file = base / Path(ca_file).expanduser() if ca_file else smtp.ca_file
+    save = data.get("save_sent", False)
+    settings.save_sent = save if isinstance(save, bool) else str(save).lower() in ("true", "1", "yes")
+    for key, kind in (("port", int), ("timeout", float)):
+        if key in data:
+            try:
+                setattr(settings, key, kind(data[key]))
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"{where}: [imap] {key} must be a number, not '{data[key]}'") from error
+    if settings.save_sent and not settings.host:
+        raise ConfigError(f"{where}: save_sent = true needs host (or provider) in [imap]")
+    return settings
 
 
 def dotenv_values(config_path: Path | None) -> dict[str, str]:

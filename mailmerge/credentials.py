@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import SmtpConfig, dotenv_values
+from .config import ImapSettings, SmtpConfig, dotenv_values
 from .errors import ConfigError
 
 PASSWORD_VARIABLE = "MAILMERGE_PASSWORD"
@@ -141,3 +141,35 @@ def _find_token(smtp: SmtpConfig, config_path: Path | None, environ: Mapping[str
     raise ConfigError(
         f'auth = "xoauth2" needs an access token: set {TOKEN_VARIABLE} or oauth2_token_command in [smtp]'
     )
+
+
+IMAP_PASSWORD_VARIABLE = "MAILMERGE_IMAP_PASSWORD"
+
+
+def find_imap_secret(
+    imap: ImapSettings,
+    smtp: SmtpConfig,
+    config_path: Path | None,
+    environ: Mapping[str, str] = os.environ,
+    prompt: Callable[[str], str] | None = None,
+) -> Secret:
+    """The IMAP password: ``MAILMERGE_IMAP_PASSWORD`` (environment or .env),
+    else the SMTP password when the account is the same, else the keyring,
+    else a prompt."""
+    value = environ.get(IMAP_PASSWORD_VARIABLE) or dotenv_values(config_path).get(IMAP_PASSWORD_VARIABLE)
+    if value:
+        return Secret(value, IMAP_PASSWORD_VARIABLE)
+    if imap.username and imap.username == smtp.username and smtp.auth == "password":
+        secret = find_secret(smtp, config_path, environ, prompt)
+        if secret is not None:
+            return secret
+    imap_account = SmtpConfig(host=imap.host, username=imap.username)
+    stored = keyring_password(imap_account)
+    if stored:
+        return Secret(stored, "keyring")
+    if prompt is None:
+        raise ConfigError(
+            f"no IMAP password for {imap.username}: set {IMAP_PASSWORD_VARIABLE} (or use the same "
+            "username as for SMTP), or run in a terminal to be asked"
+        )
+    return Secret(prompt(f"IMAP password for {imap.username} at {imap.host}"), "prompt")

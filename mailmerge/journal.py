@@ -54,6 +54,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated    REAL NOT NULL,
     PRIMARY KEY (campaign, row, address)
 );
+CREATE TABLE IF NOT EXISTS sent_copies (
+    campaign   TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    folder     TEXT NOT NULL,
+    appended   REAL NOT NULL,
+    PRIMARY KEY (campaign, message_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_message_id ON deliveries (message_id);
 CREATE TABLE IF NOT EXISTS campaigns (
     id       TEXT PRIMARY KEY,
     list     TEXT NOT NULL,
@@ -281,6 +289,50 @@ class Journal:
                 "updated = excluded.updated",
                 rows,
             )
+
+    # --- Sent copies and bounces (IMAP) ------------------------------------------
+
+    def copy_missing(self) -> list[tuple[int, str, str]]:
+        """Rows sent (at least one address accepted) whose copy is not yet in
+        the Sent folder: (row, message_id, date), in row order."""
+        cursor = self._db.execute(
+            "SELECT DISTINCT d.row, d.message_id, d.date FROM deliveries d "
+            "WHERE d.campaign = ? AND d.state = 'sent' AND d.message_id != '' AND NOT EXISTS "
+            "(SELECT 1 FROM sent_copies c WHERE c.campaign = d.campaign AND c.message_id = d.message_id) "
+            "ORDER BY d.row",
+            (self.campaign,),
+        )
+        return [(row[0], row[1], row[2]) for row in cursor]
+
+    def mark_copied(self, message_id: str, folder: str) -> None:
+        """The message's copy is in the Sent folder (never appended twice)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO sent_copies (campaign, message_id, folder, appended) VALUES (?, ?, ?, ?)",
+                (self.campaign, message_id, folder, time.time()),
+            )
+
+    def mark_bounced(self, message_id: str | None, recipient: str, code: int | None, reason: str) -> list[Entry]:
+        """Mark the sent address a bounce is about (by the original Message-ID,
+        else by the address alone); return the lines it changed."""
+        where = "campaign = ? AND state IN ('sent', 'bounced') AND lower(address) = lower(?)"
+        params: tuple[object, ...] = (self.campaign, recipient)
+        if message_id:
+            where += " AND message_id = ?"
+            params += (message_id,)
+        cursor = self._db.execute(
+            "SELECT row, address, field, state, code, reason, message_id, date, row_hash, attempts "
+            f"FROM deliveries WHERE {where}", params,
+        )
+        entries = [Entry(*r) for r in cursor]
+        with self._transaction():
+            for e in entries:
+                self._db.execute(
+                    "UPDATE deliveries SET state = 'bounced', code = ?, reason = ?, updated = ? "
+                    "WHERE campaign = ? AND row = ? AND address = ?",
+                    (code, reason, time.time(), self.campaign, e.row, e.address),
+                )
+        return entries
 
     def restart(self) -> int:
         """Forget this campaign (``--restart``); return how many lines were removed."""

@@ -33,7 +33,7 @@ from .template import Draft, MailTemplate
 from .transport import Job, SmtpClient, SmtpSession
 
 # States after which an address is not sent again by a later run.
-DONE = {Status.SENT.value, Status.REFUSED.value, Status.UNKNOWN.value}
+DONE = {Status.SENT.value, Status.REFUSED.value, Status.UNKNOWN.value, Status.BOUNCED.value}
 
 
 def render_row(template: MailTemplate, recipient: Recipient) -> OutgoingMessage | list[Outcome]:

@@ -14,6 +14,7 @@ class Status(StrEnum):
     INVALID = "invalid"  # never sent: the row's data cannot make a message
     DEFERRED = "deferred"  # the server said "try later" (4xx), more than once
     UNKNOWN = "unknown"  # the end of DATA went out, no reply came: maybe delivered
+    BOUNCED = "bounced"  # accepted, then returned: a delivery status notification came back
     FAILED = "failed"  # not sent yet: the run stopped before it; the next run sends it
 
 
@@ -34,7 +35,7 @@ def row_status(outcomes: list[Outcome]) -> Status:
     """A row is sent when every address was accepted, invalid when it could not
     be sent because of its data, refused when any address was refused."""
     statuses = {outcome.status for outcome in outcomes}
-    for status in (Status.INVALID, Status.REFUSED, Status.UNKNOWN, Status.DEFERRED, Status.FAILED):
+    for status in (Status.INVALID, Status.REFUSED, Status.BOUNCED, Status.UNKNOWN, Status.DEFERRED, Status.FAILED):
         if status in statuses:
             return status
     return Status.SENT

@@ -1,0 +1,111 @@
+"""After a send, through IMAP: a copy of each accepted message in the Sent
+folder, and the bounces (delivery status notifications) collected into the
+journal.
+
+Both use the journal so that nothing is done twice: a copy is appended once,
+even across runs and resumes; a bounce marks its address ``bounced``, which a
+later ``send`` never sends again. The copy is the message that went out: it is
+rendered again with the Message-ID and Date the journal kept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import ImapSettings
+from .imap import Bounce, ImapConfig, ImapSession
+from .journal import Journal
+from .merge import Plan
+from .message import build_message
+
+
+def imap_config(settings: ImapSettings) -> ImapConfig:
+    """The connection part of the [imap] settings."""
+    return ImapConfig(
+        host=settings.host, port=settings.port, security=settings.security,
+        username=settings.username, ca_file=settings.ca_file, timeout=settings.timeout,
+    )
+
+
+@dataclass
+class CopyResult:
+    """What :func:`save_sent_copies` did."""
+
+    folder: str = ""
+    appended: int = 0
+
+
+def save_sent_copies(
+    plan: Plan, journal: Journal, session: ImapSession, folder: str | None = None,
+    on_copy: Callable[[int], None] = lambda row: None,
+) -> CopyResult:
+    """Append every accepted message not yet copied to the Sent folder (found
+    by its \\Sent attribute or usual name, or ``folder``), flagged \\Seen, with
+    its Date as the internal date. Each copy is recorded as it is made."""
+    missing = journal.copy_missing()
+    result = CopyResult(folder=session.sent_folder(folder))
+    if not missing:
+        return result
+    wanted = {row: (message_id, date) for row, message_id, date in missing}
+    for recipient in plan.recipients:
+        if recipient.row not in wanted:
+            continue
+        message_id, date = wanted[recipient.row]
+        message = build_message(plan.template.render(recipient), message_id=message_id, date=date)
+        session.append(result.folder, message.as_bytes(), date)
+        journal.mark_copied(message_id, result.folder)
+        result.appended += 1
+        on_copy(recipient.row)
+    return result
+
+
+def parse_since(text: str) -> dt.date:
+    """``2d``, ``12h``, ``1w`` ago, or a date ``2026-11-20``."""
+    match = re.fullmatch(r"\s*(\d+)\s*([dhw])\s*", text.lower())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        delta = {"d": dt.timedelta(days=amount), "h": dt.timedelta(hours=amount), "w": dt.timedelta(weeks=amount)}[unit]
+        return (dt.datetime.now() - delta).date()
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError as error:
+        from .errors import InputError
+
+        raise InputError(f"--since '{text}' is not 2d, 12h, 1w or a date such as 2026-11-20") from error
+
+
+@dataclass
+class BounceResult:
+    """What :func:`collect_bounces` found."""
+
+    matched: list[tuple[Bounce, list[int]]] = field(default_factory=list)  # bounce, rows it marked
+    unmatched: list[Bounce] = field(default_factory=list)  # about messages of another campaign
+
+
+def collect_bounces(
+    journal: Journal, session: ImapSession, since: dt.date, *, move_to: str | None = None,
+) -> BounceResult:
+    """Read the inbox (never marking anything read), mark each bounced address
+    of this campaign ``bounced`` with the status and diagnostic, and with
+    ``move_to`` move the bounces that matched into that folder."""
+    result = BounceResult()
+    for bounce in session.find_bounces(since):
+        code = _smtp_code(bounce.diagnostic)
+        reason = f"bounced: {bounce.status} {bounce.diagnostic}".strip()
+        entries = journal.mark_bounced(bounce.original_message_id, bounce.recipient, code, reason)
+        if entries:
+            result.matched.append((bounce, sorted({e.row for e in entries})))
+        else:
+            result.unmatched.append(bounce)
+    if move_to and result.matched:
+        session.move(sorted({b.uid for b, _ in result.matched}), move_to)
+    return result
+
+
+def _smtp_code(diagnostic: str) -> int | None:
+    """The SMTP reply code in a Diagnostic-Code such as ``smtp; 550 5.1.1 ...``."""
+    match = re.search(r"\b([245]\d\d)\b", diagnostic)
+    return int(match.group(1)) if match else None
