@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from openpyxl.utils import get_column_letter
 
 from .errors import RecipientsError, did_you_mean
 
@@ -380,7 +379,16 @@ def _duration_text(value: dt.timedelta) -> str:
 
 
 def _column_name(index: int, excel: bool) -> str:
-    return f"column {get_column_letter(index + 1)}" if excel else f"column {index + 1}"
+    return f"column {_column_letters(index + 1)}" if excel else f"column {index + 1}"
+
+
+def _column_letters(number: int) -> str:
+    """Excel's name of column ``number`` (1 -> A, 27 -> AA)."""
+    letters = ""
+    while number:
+        number, rest = divmod(number - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
 
 
 def _to_recipients(
