@@ -117,15 +117,21 @@ def find_secret(
         return Secret(dotenv[PASSWORD_VARIABLE], ".env")
     if smtp.password_command:
         return Secret(_run_command(smtp.password_command, "password_command"), "password_command")
-    stored = keyring_password(smtp)
+    return _keyring_or_prompt(
+        smtp, "Password", prompt,
+        f"no password for {smtp.username}: set {PASSWORD_VARIABLE}, put it in a .env file, "
+        "set password_command, store it with 'mailmerge login', or run in a terminal to be asked",
+    )
+
+
+def _keyring_or_prompt(account: SmtpConfig, what: str, prompt: Callable[[str], str] | None, missing: str) -> Secret:
+    """The last two sources: the system keyring, then a prompt (``missing`` when there is no terminal)."""
+    stored = keyring_password(account)
     if stored:
         return Secret(stored, "keyring")
     if prompt is None:
-        raise ConfigError(
-            f"no password for {smtp.username}: set {PASSWORD_VARIABLE}, put it in a .env file, "
-            "set password_command, store it with 'mailmerge login', or run in a terminal to be asked"
-        )
-    return Secret(prompt(f"Password for {smtp.username} at {smtp.host}"), "prompt")
+        raise ConfigError(missing)
+    return Secret(prompt(f"{what} for {account.username} at {account.host}"), "prompt")
 
 
 def _find_token(smtp: SmtpConfig, config_path: Path | None, environ: Mapping[str, str]) -> Secret:
@@ -163,13 +169,8 @@ def find_imap_secret(
         secret = find_secret(smtp, config_path, environ, prompt)
         if secret is not None:
             return secret
-    imap_account = SmtpConfig(host=imap.host, username=imap.username)
-    stored = keyring_password(imap_account)
-    if stored:
-        return Secret(stored, "keyring")
-    if prompt is None:
-        raise ConfigError(
-            f"no IMAP password for {imap.username}: set {IMAP_PASSWORD_VARIABLE} (or use the same "
-            "username as for SMTP), or run in a terminal to be asked"
-        )
-    return Secret(prompt(f"IMAP password for {imap.username} at {imap.host}"), "prompt")
+    return _keyring_or_prompt(
+        SmtpConfig(host=imap.host, username=imap.username), "IMAP password", prompt,
+        f"no IMAP password for {imap.username}: set {IMAP_PASSWORD_VARIABLE} (or use the same "
+        "username as for SMTP), or run in a terminal to be asked",
+    )
