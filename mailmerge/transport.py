@@ -416,7 +416,7 @@ class SmtpSession:
                         self._finish(past_dot, smtp, None)
                         past_dot = None
                 else:
-                    job.done(_settled(job, replied, accepted, data_code, data_reply))
+                    job.done(_settled(job, replied, data_code, data_reply))
                     smtp.send_group(b"RSET\r\n", ["RSET"])  # type: ignore[attr-defined]
                     self._check(smtp.getreply(), None)  # the failed transaction is over
                 job = nxt if nxt is not None else pull(True)
@@ -424,7 +424,7 @@ class SmtpSession:
             self.abort()
             if past_dot is not None:  # maybe delivered: never sent again on its own
                 past_dot.done(_settled(
-                    past_dot, past_dot.replied, past_dot.accepted, None,
+                    past_dot, past_dot.replied, None,
                     "the connection was lost after the message was sent and before the server "
                     "confirmed it: it may have been delivered", Status.UNKNOWN,
                 ))
@@ -470,7 +470,7 @@ class SmtpSession:
             self.abort()
             raise _Interrupted(ConnectionLost(f"{self.config.host} closed the session: 421 {_text(reply)}"),
                                [(job, [])] + ([(outstanding, [])] if outstanding else []), 0)
-        job.done(_settled(job, job.replied, job.accepted, code, _text(reply)))
+        job.done(_settled(job, job.replied, code, _text(reply)))
 
     def _check(self, answer: tuple[int, bytes], job: Job | None) -> tuple[int, str]:
         """A reply of the envelope; 421 interrupts the stream (the job is sent again)."""
@@ -512,8 +512,7 @@ def _outcome(job: Job, target: EnvelopeRecipient, status: Status, code: int | No
 
 
 def _settled(
-    job: Job, replied: dict[str, Outcome], accepted: list[EnvelopeRecipient], code: int | None,
-    reply: str, status: Status | None = None,
+    job: Job, replied: dict[str, Outcome], code: int | None, reply: str, status: Status | None = None,
 ) -> list[Outcome]:
     """Every target's outcome: its own RCPT answer, or the message's answer."""
     final = status or (status_of(code) if code is not None else Status.FAILED)
