@@ -11,8 +11,10 @@ It sets everything up itself (as root it installs what is missing):
 * awdeorio/mailmerge (PyPI ``mailmerge``, pinned) in its own venv,
   /tmp/mailmerge-bench/peer-venv, created once and reused.
 
-Rows of the table (median of --runs runs; a row stops repeating once it has
-used --budget seconds, and says how many runs it made):
+Rows of the table (median of --runs runs; a row makes no further run once
+more than --budget seconds would be spent on it at its mean run time, and
+shows how many runs it made; "CPU s" is the user + system time of the
+measured command, the client only: the servers' work is not in it):
 
 1. Sink: ``smtp-sink -u nobody -a 127.0.0.1:PORT 256`` (discards mail, offers
    PIPELINING, no AUTH); killed when the script ends.
@@ -150,7 +152,7 @@ class Settings:
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     """Read the options; --quick changes the defaults of the others."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, help="messages per send row (default 10000, --quick 2000)")
     parser.add_argument("--runs", type=int, default=3, help="runs per row, median reported (default 3)")
@@ -161,7 +163,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--far-rows", type=int,
                         help="messages through the 20 ms proxy (default 300, --quick 100)")
     parser.add_argument("--budget", type=float,
-                        help="seconds a row may spend on repeated runs (default 60, --quick 20)")
+                        help="no further run when a row would pass this many seconds (default 60, --quick 20)")
     parser.add_argument("--scale-limit", type=float,
                         help="skip a scale size expected to take longer (default 150 s, --quick 45 s)")
     args = parser.parse_args(argv)
@@ -360,6 +362,7 @@ class ChildResult:
     returncode: int
     timed_out: bool
     peak_rss_mb: float | None
+    cpu_seconds: float | None  # user + system time of the child (and its children)
     output: Path  # its stderr (and stdout unless sent elsewhere)
 
     def tail(self, lines: int = 3) -> str:
@@ -368,15 +371,19 @@ class ChildResult:
         return " | ".join(text[-lines:])
 
 
-def time_v_peak_mb(path: Path) -> float | None:
-    """The "Maximum resident set size" of a ``/usr/bin/time -v -o`` report, in MB."""
-    try:
+def time_v_report(path: Path) -> tuple[float | None, float | None]:
+    """(peak RSS in MB, user + system seconds) from a ``/usr/bin/time -v -o`` report."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
         for line in path.read_text().splitlines():
-            if "Maximum resident set size" in line:
-                return int(line.rsplit(":", 1)[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
+            name, _, value = line.strip().rpartition(": ")
+            fields[name] = value
+    try:
+        peak = int(fields["Maximum resident set size (kbytes)"]) / 1024
+        cpu = float(fields["User time (seconds)"]) + float(fields["System time (seconds)"])
+    except (KeyError, ValueError):
+        return None, None
+    return peak, cpu
 
 
 class _Waiter(threading.Thread):
@@ -387,6 +394,7 @@ class _Waiter(threading.Thread):
         self.pid = pid
         self.status = 0
         self.max_rss_kb = 0
+        self.cpu_seconds = 0.0
         self.ended = 0.0
 
     def run(self) -> None:
@@ -394,6 +402,7 @@ class _Waiter(threading.Thread):
         _, self.status, usage = os.wait4(self.pid, 0)
         self.ended = time.perf_counter()
         self.max_rss_kb = usage.ru_maxrss
+        self.cpu_seconds = usage.ru_utime + usage.ru_stime
 
 
 def run_child(cmd: list[str], *, work: Path, timeout: float, env: dict[str, str] | None = None,
@@ -434,8 +443,11 @@ def run_child(cmd: list[str], *, work: Path, timeout: float, env: dict[str, str]
             waiter.join()
             raise
     proc.returncode = os.waitstatus_to_exitcode(waiter.status)  # reaped by the waiter
-    peak = time_v_peak_mb(time_file) if TIME_BIN else waiter.max_rss_kb / 1024
-    return ChildResult(waiter.ended - started, proc.returncode, timed_out, peak, output)
+    if TIME_BIN:
+        peak, cpu = time_v_report(time_file)
+    else:
+        peak, cpu = waiter.max_rss_kb / 1024, waiter.cpu_seconds
+    return ChildResult(waiter.ended - started, proc.returncode, timed_out, peak, cpu, output)
 
 
 def kill_group(pid: int) -> None:
@@ -449,7 +461,7 @@ def checked(result: ChildResult, what: str) -> ChildResult:
     if result.timed_out:
         raise RunFailed(f"{what}: killed after {result.seconds:.0f} s (timeout)")
     if result.returncode != 0:
-        raise RunFailed(f"{what}: exit {result.returncode}: {result.tail()}")
+        raise RunFailed(f"{what}: exit {result.returncode}: {result.tail(1)[:160]}")
     return result
 
 
@@ -467,6 +479,7 @@ class Row:
     runs_wanted: int = 0
     seconds: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
     note: str = ""
     problem: str = ""  # why there is no figure (error, skipped, n/a)
 
@@ -482,17 +495,23 @@ class Row:
         return self.messages / median if median else None
 
     @property
+    def median_cpu(self) -> float | None:
+        """Median CPU seconds (user + system) of the measured process."""
+        return statistics.median(self.cpu_seconds) if self.cpu_seconds else None
+
+    @property
     def peak_mb(self) -> float | None:
         """Highest peak RSS over the runs."""
         return max(self.rss_mb) if self.rss_mb else None
 
 
 def repeat(row: Row, runs: int, budget: float, once: Callable[[], ChildResult | float]) -> Row:
-    """Run ``once`` up to ``runs`` times (at least once, no new run past ``budget`` s)."""
+    """Run ``once`` up to ``runs`` times: at least once, and no run that would
+    (at the mean time so far) end past ``budget`` seconds for the row."""
     row.runs_wanted = runs
     spent = 0.0
     for number in range(1, runs + 1):
-        if number > 1 and spent >= budget:
+        if number > 1 and spent + spent / (number - 1) > budget:
             break
         try:
             result = once()
@@ -503,6 +522,8 @@ def repeat(row: Row, runs: int, budget: float, once: Callable[[], ChildResult | 
         seconds = result if isinstance(result, float) else result.seconds
         if isinstance(result, ChildResult) and result.peak_rss_mb is not None:
             row.rss_mb.append(result.peak_rss_mb)
+        if isinstance(result, ChildResult) and result.cpu_seconds is not None:
+            row.cpu_seconds.append(result.cpu_seconds)
         row.seconds.append(seconds)
         spent += seconds
         rate = f", {row.messages / seconds:,.0f}/s" if row.messages and seconds else ""
@@ -583,7 +604,7 @@ def calibrate_message_size(bench: Bench) -> None:
         bench.message_size = round(sum(sizes) / len(sizes))
         log(f"one rendered message is {bench.message_size} bytes")
     else:
-        log(f"could not measure the message size ({result.tail()}); using {bench.message_size}")
+        log(f"could not measure the message size ({result.tail(1)}); using {bench.message_size}")
 
 
 def measure_ceiling(bench: Bench, port: int, sessions: int) -> Row:
@@ -714,8 +735,9 @@ def measure_far(bench: Bench, sink_port: int, connections_option: bool) -> None:
 
 def far_note(rtt: str, row: Row, connections: int) -> str:
     """The note of a far row: the round trip and the connections a run opened."""
-    runs = len(row.seconds) or 1
-    return f"{rtt}; {connections / runs:,.0f} connection(s) a run"
+    if not row.seconds:
+        return rtt
+    return f"{rtt}; {connections / len(row.seconds):,.0f} connection(s) a run"
 
 
 def measure_scale(bench: Bench) -> None:
@@ -741,8 +763,10 @@ def scale_skip_reason(previous: Row | None, size: int, limit: float) -> str:
     """Why ``size`` rows should not run: the smaller size failed or predicts > ``limit`` s."""
     if previous is None:
         return ""
+    if previous.problem.startswith("skipped"):
+        return "skipped, as the smaller size"
     if previous.median_s is None:
-        return "skipped: the smaller size did not finish"
+        return "skipped: the smaller size failed"
     estimate = previous.median_s * size / previous.messages
     if estimate > limit:
         return (f"skipped: ~{estimate:,.0f} s expected from {previous.messages:,} rows "
@@ -832,9 +856,11 @@ def targets(bench: Bench) -> list[Target]:
     peaks = [bench.find(f"scale_{mode}_{big}") for mode in ("dry-run", "outbox")]
     measured = [row.peak_mb for row in peaks if row is not None and row.peak_mb is not None]
     missing = [row.name for row in peaks if row is not None and row.peak_mb is None]
+    reasons = "; ".join(f"{row.name}: {row.problem}" for row in peaks if row is not None and row.problem)
     why_big = ("no 1M-row run with --quick" if bench.settings.quick else
-               "no 1M-row run finished" if not measured else
-               f"not measured: {', '.join(missing)}" if missing else "")
+               f"{' and '.join(row.name.split(',')[0] for row in peaks if row and row.peak_mb)} only "
+               f"({reasons})" if missing and measured else
+               f"not measured ({reasons})" if missing else "")
     found.append(Target("peak RSS, 1M rows (MB, worst mode)", max(measured) if measured else None,
                         400, False, unit=" MB", why_missing=why_big))
     ratios = []
@@ -865,15 +891,16 @@ def markdown_table(header: list[str], lines: list[list[str]], right: set[int]) -
 
 def results_table(bench: Bench, sink_note: str) -> str:
     """The one table: every row, then the ratios against their targets."""
-    header = ["section", "what", "msgs/rows", "runs", "median s", "per s", "peak RSS MB", "notes"]
-    lines = [["Sink", "smtp-sink -a 127.0.0.1:PORT 256", "", "", "", "", "", sink_note]]
+    header = ["section", "what", "msgs/rows", "runs", "median s", "per s", "CPU s", "peak RSS MB", "notes"]
+    lines = [["Sink", "smtp-sink -a 127.0.0.1:PORT 256", "", "", "", "", "", "", sink_note]]
     for row in sorted(bench.rows, key=lambda row: SECTIONS.index(row.section)):
         runs = f"{len(row.seconds)}/{row.runs_wanted}" if row.runs_wanted else "-"
         note = "; ".join(part for part in (row.problem, row.note) if part)
         digits = 3 if (row.median_s or 0) < 10 else 1
+        cpu_digits = 3 if (row.median_cpu or 0) < 10 else 1
         lines.append([row.section, row.name, fmt(row.messages), runs, fmt(row.median_s, digits),
-                      fmt(row.rate), fmt(row.peak_mb), note])
-    table = markdown_table(header, lines, right={2, 3, 4, 5, 6})
+                      fmt(row.rate), fmt(row.median_cpu, cpu_digits), fmt(row.peak_mb), note])
+    table = markdown_table(header, lines, right={2, 3, 4, 5, 6, 7})
     target_lines = []
     for target in targets(bench):
         value = "-" if target.value is None else (
@@ -921,7 +948,8 @@ def system_info(settings: Settings, peer: str, load_at_start: str) -> str:
         f"- rows {settings.rows:,}, awdeorio TLS rows {settings.peer_tls_rows:,}, far rows "
         f"{settings.far_rows:,}, runs {settings.runs} (budget {settings.budget:g} s a row), "
         f"scale limit {settings.scale_limit:g} s; peak RSS from "
-        f"{'/usr/bin/time -v' if TIME_BIN else 'os.wait4 rusage'}",
+        f"{'/usr/bin/time -v' if TIME_BIN else 'os.wait4 rusage'}; CPU s = user + system seconds "
+        f"of the measured command (the client; servers not counted)",
     ])
 
 
