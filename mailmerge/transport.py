@@ -392,20 +392,20 @@ class SmtpSession:
         payload, described = b"", []  # the previous message's content and end, not sent yet
         past_dot: Job | None = None  # its end of DATA went out; no reply read yet
         outstanding: Job | None = None  # its MAIL/RCPT/DATA went out; replies not all read
+        nxt: Job | None = None  # the next one, rendered while the server answers
         try:
             while job is not None:
                 group, lines = _envelope(job, eightbit)
                 smtp.send_group(payload + group, described + lines)  # type: ignore[attr-defined]
                 payload, described, outstanding = b"", [], job
+                nxt = pull(False) if not limit or handled + 1 < limit else None
                 if past_dot is not None:
                     self._finish(past_dot, smtp, job)
                     past_dot = None
                 accepted, replied, data_code, data_reply = self._read_envelope(job, smtp)
                 outstanding = None
                 handled += 1
-                nxt: Job | None = None
                 if data_code == 354 and accepted:
-                    nxt = pull(False)
                     job.before_end(accepted)
                     content = _dot_stuffed(job.message.as_bytes(eightbit=eightbit))
                     payload, described = content + b".\r\n", [f"(the message, {len(content)} bytes)", "."]
@@ -419,7 +419,7 @@ class SmtpSession:
                     job.done(_settled(job, replied, data_code, data_reply))
                     smtp.send_group(b"RSET\r\n", ["RSET"])  # type: ignore[attr-defined]
                     self._check(smtp.getreply(), None)  # the failed transaction is over
-                job = nxt if nxt is not None else pull(True)
+                job, nxt = (nxt if nxt is not None else pull(True)), None
         except (smtplib.SMTPServerDisconnected, OSError) as error:
             self.abort()
             if past_dot is not None:  # maybe delivered: never sent again on its own
@@ -429,9 +429,12 @@ class SmtpSession:
                     "confirmed it: it may have been delivered", Status.UNKNOWN,
                 ))
             lost = ConnectionLost(f"the connection to {self.config.host} was lost: {error or 'closed'}")
-            raise _Interrupted(lost, [(outstanding, [])] if outstanding else [], handled) from error
+            retry = [(j, []) for j in (outstanding, nxt) if j is not None]
+            raise _Interrupted(lost, retry, handled) from error
         except _Interrupted as interrupted:
             interrupted.handled = handled
+            if nxt is not None and all(j is not nxt for j, _ in interrupted.retry):
+                interrupted.retry.append((nxt, []))  # prepared, never sent: send it again
             raise
         return handled
 
