@@ -449,12 +449,11 @@ def status(
     name = campaign_id(list_path, plan.template.text, campaign)
     folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
     with open_view(folder, name) as view:
-        outcomes = list(campaign_outcomes(plan, view))
-    summary = Summary.of(outcomes)
-    if ui.json:
-        ui.emit({"campaign": name, "rows": len(plan.recipients), "counts": counts_json(summary),
-                 "entries": rows_json(outcomes)})
-        return
+        summary = Summary.of(campaign_outcomes(plan, view))
+        if ui.json:
+            ui.emit({"campaign": name, "rows": len(plan.recipients), "counts": counts_json(summary),
+                     "entries": rows_json(campaign_outcomes(plan, view))})
+            return
     ui.say(f"campaign {name}: {len(plan.recipients)} rows")
     for state in Status:
         label = "not sent yet" if state is Status.FAILED else state.value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from itertools import groupby
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,21 +27,18 @@ def write_report(path: Path, outcomes: Iterable[Outcome]) -> Summary:
     """Write every outcome (in row order, as given) to ``path``, replacing it;
     return the counts. Streams: a million rows need no more memory than ten."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    counts: Counter[Status] = Counter()
-    current: list[Outcome] = []  # the outcomes of the row being written
+
+    def rows() -> Iterable[Outcome]:  # write each outcome on its way to the counting
+        for o in outcomes:
+            code = "" if o.code is None else o.code
+            writer.writerow([o.row, o.address, o.field, o.status.value, code, o.reason, o.message_id])
+            yield o
+
     with path.open("w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        for o in outcomes:
-            if current and o.row != current[0].row:
-                counts[row_status(current)] += 1
-                current = []
-            current.append(o)
-            code = "" if o.code is None else o.code
-            writer.writerow([o.row, o.address, o.field, o.status.value, code, o.reason, o.message_id])
-    if current:
-        counts[row_status(current)] += 1
-    return Summary(counts)
+        summary = Summary.of(rows())
+    return summary
 
 
 @dataclass(frozen=True)
@@ -51,10 +49,11 @@ class Summary:
 
     @classmethod
     def of(cls, outcomes: Iterable[Outcome]) -> Summary:
-        by_row: dict[int, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_row.setdefault(outcome.row, []).append(outcome)
-        return cls(Counter(row_status(row) for row in by_row.values()))
+        """Count rows from outcomes given in row order (as the journal streams them)."""
+        counts: Counter[Status] = Counter()
+        for _, row in groupby(outcomes, key=lambda outcome: outcome.row):
+            counts[row_status(list(row))] += 1
+        return cls(counts)
 
     @property
     def all_sent(self) -> bool:
