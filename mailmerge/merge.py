@@ -240,7 +240,8 @@ class _Run:
             if recipient.row in self.plan.invalid or _row_is_done(journaled, resend_unknown):
                 continue
             draft = self.plan.template.render(recipient)
-            targets = _left(check_addresses(draft).envelope, journaled, resend_unknown)
+            addresses = check_addresses(draft)
+            targets = _left(addresses.envelope, journaled, resend_unknown)
             if not targets:
                 continue
             earlier = next((e for e in journaled if e.message_id), None)  # the identity to keep
@@ -249,6 +250,7 @@ class _Run:
                     draft,
                     message_id=earlier.message_id if earlier else "",
                     date=earlier.date if earlier else "",
+                    addresses=addresses,
                 )
             except InvalidRow as error:
                 self.plan.invalid[recipient.row] = outcomes = invalid_outcomes(recipient.row, draft, error)

@@ -88,7 +88,9 @@ class _Checked:
         return self.unicode if self.ascii is None else self.ascii
 
 
-@functools.lru_cache(maxsize=4096)  # a pure function; the From repeats on every row
+# A pure function: the From repeats on every row, and every address is checked
+# once when the plan is made and again when its message is built.
+@functools.lru_cache(maxsize=1 << 16)
 def check_address(address: str) -> tuple[str, str | None]:
     """Validate an address's syntax (no DNS); return ``(normalised, ascii or None)``.
 
@@ -162,7 +164,9 @@ def check_addresses(draft: Draft) -> CheckedAddresses:
     )
 
 
-def build_message(draft: Draft, *, message_id: str = "", date: str = "") -> OutgoingMessage:
+def build_message(
+    draft: Draft, *, message_id: str = "", date: str = "", addresses: CheckedAddresses | None = None
+) -> OutgoingMessage:
     """Build the message and envelope for a draft.
 
     ``message_id`` and ``date`` are given when the message went out before
@@ -170,7 +174,7 @@ def build_message(draft: Draft, *, message_id: str = "", date: str = "") -> Outg
     Raises :class:`InvalidRow` for an address that is not valid, or a header
     value the email package refuses.
     """
-    addresses = check_addresses(draft)
+    addresses = addresses or check_addresses(draft)  # given when the caller checked them already
     sender, utf8 = addresses.sender, addresses.utf8
     headers = {"To": addresses.to, "Cc": addresses.cc, "Reply-To": addresses.reply_to}
     message = EmailMessage(policy=_SMTPUTF8 if utf8 else _SMTP)

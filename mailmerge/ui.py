@@ -115,9 +115,8 @@ class SendProgress:
             done = self._progress.tasks[0].completed + 1
             self._progress.update(self._task, advance=1, rate=f"{done / elapsed:.1f}", problems=self.problems,
                                   description="sending")
-        elif not self.ui.quiet:
-            for o in outcomes:
-                err.print(_outcome_line(o), markup=False)
+        elif not self.ui.quiet:  # plain lines: rich's layout costs more than the send itself
+            sys.stderr.write("".join(_outcome_line(o) + "\n" for o in outcomes))
 
     def notify(self, text: str) -> None:
         """News (a pause, a reconnection): the bar's label on a terminal."""
