@@ -4,6 +4,7 @@
 
     mailmerge.toml              the settings, every option explained in comments
     .env.example                where the password goes (the real .env is never committed)
+    .gitignore                  keeps .env, the journal, outboxes and reports out of git
     templates/newsletter.md     a Markdown newsletter with an embedded logo and a table
     templates/logo.png
     templates/invoice.txt       a plain-text invoice
@@ -39,10 +40,11 @@ from .errors import InputError
 STARTER = "starter"
 
 # Destination (relative to the folder) -> source in mailmerge/starter/.
-# `.env.example` is shipped as `env.example`: package-data globs skip dot files.
+# `.env.example` and `.gitignore` are shipped without their dot: package-data globs skip dot files.
 COPIED: dict[str, str] = {
     "mailmerge.toml": "mailmerge.toml",
     ".env.example": "env.example",
+    ".gitignore": "gitignore",
     "templates/newsletter.md": "templates/newsletter.md",
     "templates/invoice.txt": "templates/invoice.txt",
     "samples/recipients.csv": "samples/recipients.csv",
@@ -54,6 +56,7 @@ XLSX = "samples/recipients.xlsx"
 FILES: tuple[str, ...] = (
     "mailmerge.toml",
     ".env.example",
+    ".gitignore",
     "templates/newsletter.md",
     LOGO,
     "templates/invoice.txt",

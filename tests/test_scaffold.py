@@ -24,6 +24,7 @@ from mailmerge.scaffold import COPIED, FILES, ScaffoldResult, init_folder, logo_
 EXPECTED = {
     "mailmerge.toml",
     ".env.example",
+    ".gitignore",
     "templates/newsletter.md",
     "templates/logo.png",
     "templates/invoice.txt",
@@ -288,3 +289,10 @@ def test_the_init_command_says_what_it_wrote_and_kept(tmp_path: Path) -> None:
     assert "wrote" in first.stdout and "mailmerge.toml" in first.stdout
     assert "kept" in second.stdout and "wrote" not in second.stdout
     assert "mailmerge preview samples/recipients.xlsx" in first.stdout
+
+
+def test_the_gitignore_keeps_secrets_and_reports_out(tmp_path: Path) -> None:
+    init_folder(tmp_path)
+    lines = (tmp_path / ".gitignore").read_text().splitlines()
+    ignored = {line for line in lines if line and not line.startswith("#")}  # git has no inline comments
+    assert {".env", ".mailmerge/", "*.report.csv", "outbox/"} <= ignored
