@@ -38,7 +38,7 @@ from .template import TemplateSettings, load_template
 from .transport import SmtpSession
 from .ui import SendProgress, Ui, counts_json, message_json, out, rows_json, summary_table
 
-EXIT_OK, EXIT_STOPPED, EXIT_INPUT, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_STOPPED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 3, 130  # 2 (bad input): InputError
 
 app = typer.Typer(
     help=(

@@ -39,6 +39,14 @@ class Secret:
         return f"Secret(source={self.source!r})"
 
 
+def _variable(name: str, config_path: Path | None, environ: Mapping[str, str]) -> Secret | None:
+    """The first two sources: the environment, then the .env file beside the config."""
+    if environ.get(name):
+        return Secret(environ[name], name)
+    value = dotenv_values(config_path).get(name)
+    return Secret(value, ".env") if value else None
+
+
 def _keyring_key(smtp: SmtpConfig) -> str:
     return f"{smtp.username}@{smtp.host}"
 
@@ -110,11 +118,9 @@ def find_secret(
         return _find_token(smtp, config_path, environ)
     if not smtp.username:
         return None
-    if environ.get(PASSWORD_VARIABLE):
-        return Secret(environ[PASSWORD_VARIABLE], PASSWORD_VARIABLE)
-    dotenv = dotenv_values(config_path)
-    if dotenv.get(PASSWORD_VARIABLE):
-        return Secret(dotenv[PASSWORD_VARIABLE], ".env")
+    found = _variable(PASSWORD_VARIABLE, config_path, environ)
+    if found:
+        return found
     if smtp.password_command:
         return Secret(_run_command(smtp.password_command, "password_command"), "password_command")
     return _keyring_or_prompt(
@@ -137,11 +143,9 @@ def _keyring_or_prompt(account: SmtpConfig, what: str, prompt: Callable[[str], s
 def _find_token(smtp: SmtpConfig, config_path: Path | None, environ: Mapping[str, str]) -> Secret:
     if not smtp.username:
         raise ConfigError('auth = "xoauth2" needs username in [smtp] (the account\'s address)')
-    if environ.get(TOKEN_VARIABLE):
-        return Secret(environ[TOKEN_VARIABLE], TOKEN_VARIABLE)
-    dotenv = dotenv_values(config_path)
-    if dotenv.get(TOKEN_VARIABLE):
-        return Secret(dotenv[TOKEN_VARIABLE], ".env")
+    found = _variable(TOKEN_VARIABLE, config_path, environ)
+    if found:
+        return found
     if smtp.oauth2_token_command:
         return Secret(_run_command(smtp.oauth2_token_command, "oauth2_token_command"), "oauth2_token_command")
     raise ConfigError(
@@ -162,9 +166,9 @@ def find_imap_secret(
     """The IMAP password: ``MAILMERGE_IMAP_PASSWORD`` (environment or .env),
     else the SMTP password when the account is the same, else the keyring,
     else a prompt."""
-    value = environ.get(IMAP_PASSWORD_VARIABLE) or dotenv_values(config_path).get(IMAP_PASSWORD_VARIABLE)
-    if value:
-        return Secret(value, IMAP_PASSWORD_VARIABLE)
+    found = _variable(IMAP_PASSWORD_VARIABLE, config_path, environ)
+    if found:
+        return found
     if imap.username and imap.username == smtp.username and smtp.auth == "password":
         secret = find_secret(smtp, config_path, environ, prompt)
         if secret is not None:

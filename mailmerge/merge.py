@@ -223,7 +223,7 @@ class _Run:
     ) -> None:
         self.plan, self.journal, self.settings = plan, journal, settings
         self.stop, self.on_row, self.notify = stop, on_row, notify
-        self.pacer = Pacer(settings.rate, settings.batch_size, settings.batch_pause)
+        self.pacer = Pacer(settings.rate, settings.batch_size)
         self.retries: list[_Retry] = []
         self.result = MergeResult()
         self.lock = threading.RLock()
@@ -294,7 +294,8 @@ class _Run:
                     if not wait:
                         return None
                     self._paused_at = self.pacer.handed
-                    self.notify(f"batch of {self.settings.batch_size} sent; pausing {self.settings.batch_pause:g} s")
+                    until = time.strftime("%H:%M:%S", time.localtime(time.time() + self.settings.batch_pause))
+                    self.notify(f"batch of {self.settings.batch_size} sent; pausing {self.settings.batch_pause:g} s, until {until}")
                     if not self.stop.sleep(self.settings.batch_pause):
                         continue
                 delay = self.pacer.delay()

@@ -89,12 +89,11 @@ class Pacer:
     """Spaces messages: one every ``interval`` seconds at most (a token bucket
     holding one token: no burst at the start), counted from the server's
     answer to the previous message, so the provider never sees two closer than
-    that, even pipelined; and a pause of ``batch_pause`` after every
-    ``batch_size`` messages."""
+    that, even pipelined; and tells when a batch of ``batch_size`` is done
+    (the caller pauses)."""
 
     interval: float = 0.0
     batch_size: int = 0
-    batch_pause: float = 0.0
     handed: int = 0  # messages handed to a session so far
     _last_handed: float | None = None
     _last_answered: float | None = None

@@ -272,12 +272,9 @@ class SmtpSession:
         targets = message.recipients if recipients is None else recipients
         replied: dict[str, Outcome] = {}  # addresses with a final answer of their own
 
-        def outcome(r: EnvelopeRecipient, status: Status, code: int | None, reason: str) -> Outcome:
-            return Outcome(message.row, r.field, r.address, status, code, reason, message.message_id)
-
         def settle(status: Status, code: int | None, reason: str) -> list[Outcome]:
             """Every target without an answer of its own gets this one."""
-            return [replied.get(r.address) or outcome(r, status, code, reason) for r in targets]
+            return _settled(message, targets, replied, code, reason, status)
 
         if message.smtputf8 and not smtp.has_extn("smtputf8"):
             reason = (
@@ -303,7 +300,7 @@ class SmtpSession:
                 elif code == 421:
                     return self._not_accepted(code, _text(reply), settle)
                 else:
-                    replied[r.address] = outcome(r, status_of(code), code, _text(reply))
+                    replied[r.address] = _outcome(message, r, status_of(code), code, _text(reply))
             if not accepted:
                 self._reset()
                 return settle(Status.FAILED, None, "")  # every target has its answer
@@ -416,7 +413,7 @@ class SmtpSession:
                         self._finish(past_dot, smtp, None)
                         past_dot = None
                 else:
-                    job.done(_settled(job, replied, data_code, data_reply))
+                    job.done(_settled(job.message, job.targets, replied, data_code, data_reply))
                     smtp.send_group(b"RSET\r\n", ["RSET"])  # type: ignore[attr-defined]
                     self._check(smtp.getreply(), None)  # the failed transaction is over
                 job, nxt = (nxt if nxt is not None else pull(True)), None
@@ -424,7 +421,7 @@ class SmtpSession:
             self.abort()
             if past_dot is not None:  # maybe delivered: never sent again on its own
                 past_dot.done(_settled(
-                    past_dot, past_dot.replied, None,
+                    past_dot.message, past_dot.targets, past_dot.replied, None,
                     "the connection was lost after the message was sent and before the server "
                     "confirmed it: it may have been delivered", Status.UNKNOWN,
                 ))
@@ -458,7 +455,7 @@ class SmtpSession:
             if code in (250, 251):
                 accepted.append(target)
             else:
-                replied[target.address] = _outcome(job, target, status_of(code), code, reply)
+                replied[target.address] = _outcome(job.message, target, status_of(code), code, reply)
         data_code, data_reply = self._check(smtp.getreply(), job)
         if data_code == 354 and not accepted:  # a server that said 354 anyway: send an empty message
             smtp.send_group(b".\r\n", ["."])  # type: ignore[attr-defined]
@@ -473,7 +470,7 @@ class SmtpSession:
             self.abort()
             raise _Interrupted(ConnectionLost(f"{self.config.host} closed the session: 421 {_text(reply)}"),
                                [(job, [])] + ([(outstanding, [])] if outstanding else []), 0)
-        job.done(_settled(job, job.replied, code, _text(reply)))
+        job.done(_settled(job.message, job.targets, job.replied, code, _text(reply)))
 
     def _check(self, answer: tuple[int, bytes], job: Job | None) -> tuple[int, str]:
         """A reply of the envelope; 421 interrupts the stream (the job is sent again)."""
@@ -509,17 +506,18 @@ class _Interrupted(Exception):
         self.error, self.retry, self.handled = error, retry, handled
 
 
-def _outcome(job: Job, target: EnvelopeRecipient, status: Status, code: int | None, reason: str) -> Outcome:
-    message = job.message
+def _outcome(message: OutgoingMessage, target: EnvelopeRecipient, status: Status, code: int | None, reason: str) -> Outcome:
     return Outcome(message.row, target.field, target.address, status, code, reason, message.message_id)
 
 
 def _settled(
-    job: Job, replied: dict[str, Outcome], code: int | None, reply: str, status: Status | None = None,
+    message: OutgoingMessage, targets: list[EnvelopeRecipient], replied: dict[str, Outcome],
+    code: int | None, reply: str, status: Status | None = None,
 ) -> list[Outcome]:
-    """Every target's outcome: its own RCPT answer, or the message's answer."""
+    """Every target's outcome: its own RCPT answer, or the message's answer
+    (``status``, else the one ``code`` means)."""
     final = status or (status_of(code) if code is not None else Status.FAILED)
-    return [replied.get(t.address) or _outcome(job, t, final, code, reply) for t in job.targets]
+    return [replied.get(t.address) or _outcome(message, t, final, code, reply) for t in targets]
 
 
 def status_of(code: int) -> Status:
@@ -593,7 +591,7 @@ class SmtpClient:
                 if failures > self.backoff.attempts or not self._wait(failures, error):
                     reason = f"not sent: {error}" if failures > self.backoff.attempts else "not sent: stopped"
                     for job in again:
-                        job.done([_outcome(job, t, Status.FAILED, None, reason) for t in job.targets])
+                        job.done(_settled(job.message, job.targets, {}, None, reason))
                     if failures > self.backoff.attempts:
                         raise ConnectionLost(f"gave up after {self.backoff.attempts} reconnection attempts: {error}")
                     return

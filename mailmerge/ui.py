@@ -121,21 +121,10 @@ class SendProgress:
     def notify(self, text: str) -> None:
         """News (a pause, a reconnection): the bar's label on a terminal."""
         if self._progress is not None and self._task is not None:
-            label = text if len(text) < 60 else text[:57] + "..."
-            if "pausing" in text:
-                label = f"paused ({text.split('pausing', 1)[1].strip()}); resumes at " + time.strftime(
-                    "%H:%M:%S", time.localtime(time.time() + _seconds_in(text)))
-            self._progress.update(self._task, description=label)
+            self._progress.update(self._task, description=text if len(text) < 60 else text[:57] + "...")
             self._progress.console.print(text, markup=False)
         elif not self.ui.quiet:
             err.print(text, markup=False)
-
-
-def _seconds_in(text: str) -> float:
-    try:
-        return float(text.rsplit("pausing", 1)[1].split()[0])
-    except (IndexError, ValueError):
-        return 0.0
 
 
 def _outcome_line(o: Outcome) -> str:
