@@ -530,8 +530,10 @@ def status_of(code: int) -> Status:
 def _envelope(job: Job, eightbit: bool) -> tuple[bytes, list[str]]:
     """MAIL, one RCPT per target and DATA, as one pipelined group."""
     options = (["BODY=8BITMIME"] if eightbit else []) + (["SMTPUTF8"] if job.message.smtputf8 else [])
-    lines = [f"MAIL FROM:{smtplib.quoteaddr(job.message.sender)}" + "".join(" " + o for o in options)]
-    lines += [f"RCPT TO:{smtplib.quoteaddr(t.address)}" for t in job.targets]
+    # Addresses were checked when the message was built: no need for smtplib's quoteaddr(),
+    # which parses each one again.
+    lines = [f"MAIL FROM:<{job.message.sender}>" + "".join(" " + o for o in options)]
+    lines += [f"RCPT TO:<{t.address}>" for t in job.targets]
     lines.append("DATA")
     return "".join(line + "\r\n" for line in lines).encode("utf-8"), lines
 

@@ -9,7 +9,12 @@ from email.parser import BytesParser, Parser
 import pytest
 
 from mailmerge.errors import InvalidRow
-from mailmerge.message import EnvelopeRecipient, OutgoingMessage, build_message, preview_text
+from mailmerge.message import (
+    EnvelopeRecipient,
+    OutgoingMessage,
+    build_message,
+    preview_text,
+)
 from mailmerge.template import Draft, Mailbox
 
 SUBJECT = "3월 독서 모임 안내 📚"
@@ -192,6 +197,37 @@ def test_seven_bit_bytes_have_no_8bit_and_decode_the_same() -> None:
     assert parsed["Content-Transfer-Encoding"] in ("base64", "quoted-printable")
     assert parsed["Subject"] == SUBJECT
     assert body(parsed) == BODY
+
+
+LONG_LINE = "Payment can be made by bank transfer = or by card; " * 12  # 612 characters, an "="
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("Dear Ann,\nyour invoice is due.\n", "7bit"),  # short ASCII lines: as they are
+        (BODY, "8bit"),  # short lines in Hangul and an emoji: as they are
+        (f"Dear Ann,\n{LONG_LINE}\n  indented, trailing spaces   \n.leading dot\n", "quoted-printable"),
+        (f"민준님,\n{'이번 달 책은 채식주의자입니다. ' * 10}\n", "base64"),  # qp would be 3 times longer
+    ],
+)
+def test_body_encoding_is_chosen_by_its_lines_and_decodes_exactly(text: str, encoding: str) -> None:
+    raw, parsed = wire(build_message(draft(body=text)))
+    assert parsed["Content-Transfer-Encoding"] == encoding
+    assert parsed.get_content_type() == "text/plain" and parsed.get_content_charset() == "utf-8"
+    assert body(parsed) == text
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998  # RFC 5322's limit for a line
+    seven_bit_raw, seven_bit = wire(build_message(draft(body=text)), eightbit=False)
+    assert seven_bit_raw.isascii() and body(seven_bit) == text
+
+
+def test_html_part_with_long_lines_decodes_exactly() -> None:
+    html = f"<p>{LONG_LINE}</p><p>안녕하세요 📚</p>\n"
+    raw, parsed = wire(build_message(draft(body="text\n", html=html)))
+    assert parsed.get_content_type() == "multipart/alternative"
+    part = parsed.get_body(("html",))
+    assert part is not None and body(part) == html
+    assert parsed["MIME-Version"] == "1.0" and raw.count(b"MIME-Version") == 1
 
 
 # --- preview ------------------------------------------------------------------
