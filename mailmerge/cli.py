@@ -224,7 +224,7 @@ def send(
         _dry_run(ui, plan, folder, name, resend_unknown)
     if test_to is not None:
         _test_send(ui, settings, plan, test_to, limit, yes, verbose)
-    with Journal(folder, name) as journal:
+    with Journal(folder, name, fsync=settings.send.journal_fsync) as journal:
         ui.run(journal.lock)
         if restart:
             if not yes and not (sys.stdin.isatty() and typer.confirm("Forget what this campaign sent and send every row again?")):

@@ -66,6 +66,7 @@ class SendConfig:
     max_messages: int = 0  # stop after this many in one run; 0: no limit
     max_per_connection: int = 0  # start a new session after this many; 0: no limit
     connections: int = 1  # sessions side by side (relays that allow several)
+    journal_fsync: bool = False  # sync each in-flight mark to disk: at most once across a power cut
     reconnect: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=60.0, attempts=5))
     retry: Backoff = field(default_factory=lambda: Backoff(initial=30.0, maximum=600.0, attempts=3))
 
@@ -130,7 +131,7 @@ _SMTP_KEYS = (
 _MESSAGE_KEYS = ("from", "template", "unsubscribe", "css")
 _IMAP_KEYS = ("provider", "host", "port", "security", "username", "ca_file", "timeout", "save_sent", "sent_folder")
 _SEND_KEYS = (
-    "rate", "batch_size", "batch_pause", "max_messages", "max_per_connection", "connections",
+    "rate", "batch_size", "batch_pause", "max_messages", "max_per_connection", "connections", "journal_fsync",
     "reconnect_attempts", "reconnect_delay", "reconnect_max_delay",
     "retry_attempts", "retry_delay", "retry_max_delay",
 )
@@ -256,6 +257,7 @@ def _send_config(data: dict[str, Any], where: str) -> SendConfig:
         for key in ("batch_size", "max_messages", "max_per_connection", "connections"):
             if key in data:
                 setattr(config, key, int(data[key]))
+        config.journal_fsync = _flag(data.get("journal_fsync", False))
         for name in ("reconnect", "retry"):
             default: Backoff = getattr(config, name)
             setattr(config, name, Backoff(
@@ -287,6 +289,11 @@ def _check_keys(data: dict[str, Any], allowed: dict[str, tuple[str, ...]], where
                     f"{where}: unknown key '{key}' in [{section}]"
                     f"{did_you_mean(key, allowed[section])}"
                 )
+
+
+def _flag(value: object) -> bool:
+    """A yes/no setting: a TOML boolean, or text from an INI file or the environment."""
+    return value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes")
 
 
 def _text(section: Mapping[str, Any], key: str, where: str) -> str | None:
@@ -323,8 +330,7 @@ def _smtp_config(data: dict[str, Any], base: Path, where: str) -> SmtpConfig:
     config.auth = (_text(data, "auth", where) or "password").lower()
     if config.auth not in AUTH_METHODS:
         raise ConfigError(f"{where}: auth = '{config.auth}' is not one of {', '.join(AUTH_METHODS)}")
-    insecure = data.get("allow_insecure_auth", False)
-    config.allow_insecure_auth = insecure if isinstance(insecure, bool) else str(insecure).lower() in ("true", "1", "yes")
+    config.allow_insecure_auth = _flag(data.get("allow_insecure_auth", False))
     ca_file = _text(data, "ca_file", where)
     if ca_file:
         config.ca_file = base / Path(ca_file).expanduser()
@@ -354,8 +360,7 @@ def _imap_config(data: dict[str, Any], smtp: SmtpConfig, base: Path, where: str)
     settings.sent_folder = _text(data, "sent_folder", where)
     ca_file = _text(data, "ca_file", where)
     settings.ca_file = base / Path(ca_file).expanduser() if ca_file else smtp.ca_file
-    save = data.get("save_sent", False)
-    settings.save_sent = save if isinstance(save, bool) else str(save).lower() in ("true", "1", "yes")
+    settings.save_sent = _flag(data.get("save_sent", False))
     for key, kind in (("port", int), ("timeout", float)):
         if key in data:
             try:

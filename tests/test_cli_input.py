@@ -9,6 +9,8 @@ import pytest
 from conftest import PASSWORD, run_cli, write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
+from mailmerge.config import load_config
+
 TEMPLATE = "From: Club <club@example.com>\nSubject: Hi {{ name }}\nTo: {{ name }} <{{ email }}>\n\nHello {{ name }}, you owe {{ amount }}.\n"
 
 
@@ -164,3 +166,16 @@ def test_dry_run_lists_invalid_rows_and_exits_3(tmp_path: Path) -> None:
     assert "would send 1 messages" in run.stdout
     assert "row 3: invalid: 'not an address' is not a valid address" in run.stderr
     assert "row 4: invalid:" in run.stderr and "line break" in run.stderr
+
+
+def test_journal_fsync_is_off_unless_asked_for_in_the_file_or_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "mailmerge.toml"
+    config.write_text('[smtp]\nhost = "smtp.example.com"\n', encoding="utf-8")
+    default = load_config(config, environ={})
+    from_environment = load_config(config, environ={"MAILMERGE_SEND_JOURNAL_FSYNC": "yes"})
+    config.write_text('[smtp]\nhost = "smtp.example.com"\n[send]\njournal_fsync = true\n', encoding="utf-8")
+    from_file = load_config(config, environ={})
+
+    assert default.send.journal_fsync is False
+    assert from_environment.send.journal_fsync is True
+    assert from_file.send.journal_fsync is True

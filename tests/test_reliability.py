@@ -92,10 +92,13 @@ def test_a_drop_after_the_end_of_data_is_unknown_and_never_resent(tmp_path: Path
         assert sum(arrivals(server).values()) == 21
 
 
-def test_a_killed_run_is_finished_by_the_next_one_without_duplicates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("journal_fsync", [False, True], ids=["normal", "journal_fsync"])
+def test_a_killed_run_is_finished_by_the_next_one_without_duplicates(tmp_path: Path, journal_fsync: bool) -> None:
     xlsx, template, addresses = make_list(tmp_path, 200)
     with SmtpTestServer(tls=True, auth={USER: PASSWORD}, faults=Faults(reply_delay=0.01)) as server:
-        write_config(tmp_path, server)
+        config = write_config(tmp_path, server)
+        if journal_fsync:  # each in-flight mark synced to disk: the same guarantee, and a power cut too
+            config.write_text(config.read_text().replace("[send]\n", "[send]\njournal_fsync = true\n"))
         child = start_send(xlsx, template)
         wait_for(lambda: len(server.messages) >= 40)
         child.send_signal(signal.SIGKILL)
