@@ -67,7 +67,6 @@ CREATE TABLE IF NOT EXISTS sent_copies (
     appended   REAL NOT NULL,
     PRIMARY KEY (campaign, message_id)
 );
-CREATE INDEX IF NOT EXISTS deliveries_message_id ON deliveries (message_id);
 CREATE TABLE IF NOT EXISTS campaigns (
     id       TEXT PRIMARY KEY,
     list     TEXT NOT NULL,
@@ -160,6 +159,7 @@ class Journal:
         self.folder = folder
         self.campaign = campaign
         self.fsync = fsync  # sync each in-flight mark to disk (safe across a power cut)
+        self._pending: list[tuple[object, ...]] = []  # results written with the next commit
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / JOURNAL_FILE
         # Autocommit: every write below is its own short, explicit transaction.
@@ -191,6 +191,12 @@ class Journal:
         self._lock_file = handle
 
     def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         if self._lock_file is not None:
             os.close(self._lock_file)  # releases the lock
             self._lock_file = None
@@ -256,28 +262,45 @@ class Journal:
     ) -> None:
         """Mark addresses whose message's end of DATA is about to go out (synced
         to disk when the journal was opened with ``fsync``)."""
+        rows = self._rows(outcomes, IN_FLIGHT, date=date, fingerprint=fingerprint, attempt=1, order=order)
         if not self.fsync:
-            self._write(outcomes, IN_FLIGHT, date=date, fingerprint=fingerprint, attempt=1, order=order)
+            self._commit(rows)
             return
         self._db.execute("PRAGMA synchronous=FULL")
         try:
-            self._write(outcomes, IN_FLIGHT, date=date, fingerprint=fingerprint, attempt=1, order=order)
+            self._commit(rows)
         finally:
             self._db.execute("PRAGMA synchronous=NORMAL")
 
     def record(
-        self, outcomes: Iterable[Outcome], *, date: str = "", fingerprint: str = "", order: dict[str, int] | None = None
+        self, outcomes: Iterable[Outcome], *, date: str = "", fingerprint: str = "",
+        order: dict[str, int] | None = None, later: bool = False,
     ) -> None:
         """Write each outcome's state (one transaction). ``order`` gives each
-        address's place in its envelope (To, Cc, Bcc), for the report."""
-        self._write(outcomes, None, date=date, fingerprint=fingerprint, attempt=0, order=order)
+        address's place in its envelope (To, Cc, Bcc), for the report.
 
-    def _write(
+        With ``later`` the outcomes go into the next commit (the next in-flight
+        mark, :meth:`flush` or :meth:`close`): one commit per message instead
+        of two. A process killed in between loses only results whose in-flight
+        marks are written, so those messages become ``unknown``, never resent.
+        """
+        rows = self._rows(outcomes, None, date=date, fingerprint=fingerprint, attempt=0, order=order)
+        if later:
+            self._pending += rows
+        else:
+            self._commit(rows)
+
+    def flush(self) -> None:
+        """Write the results kept for the next commit, if any."""
+        if self._pending:
+            self._commit([])
+
+    def _rows(
         self, outcomes: Iterable[Outcome], state: str | None, *, date: str, fingerprint: str,
         attempt: int, order: dict[str, int] | None,
-    ) -> None:
+    ) -> list[tuple[object, ...]]:
         now = time.time()
-        rows = [
+        return [
             (
                 self.campaign, o.row, o.address, o.field, state or o.status.value, o.code,
                 o.reason, o.message_id, date, fingerprint, attempt,
@@ -285,6 +308,10 @@ class Journal:
             )
             for index, o in enumerate(outcomes)
         ]
+
+    def _commit(self, rows: list[tuple[object, ...]]) -> None:
+        """Write the pending results, then ``rows``, in one transaction."""
+        rows, self._pending = self._pending + rows, []
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO deliveries (campaign, row, address, field, state, code, reason, "
@@ -326,6 +353,8 @@ class Journal:
     def mark_bounced(self, message_id: str | None, recipient: str, code: int | None, reason: str) -> list[Entry]:
         """Mark the sent address a bounce is about (by the original Message-ID,
         else by the address alone); return the lines it changed."""
+        # Made here, not with the table: every send would pay for keeping it up to date.
+        self._db.execute("CREATE INDEX IF NOT EXISTS deliveries_message_id ON deliveries (message_id)")
         where = "campaign = ? AND state IN ('sent', 'bounced') AND lower(address) = lower(?)"
         params: tuple[object, ...] = (self.campaign, recipient)
         if message_id:

@@ -270,7 +270,8 @@ class _Run:
         def done(outcomes: list[Outcome]) -> None:
             with self.lock:
                 self.pacer.completed()
-                self.journal.record(outcomes, date=message.date, fingerprint=fingerprint, order=order)
+                # Written with the next in-flight mark (or before a wait): one commit a message.
+                self.journal.record(outcomes, date=message.date, fingerprint=fingerprint, order=order, later=True)
                 self.on_row(outcomes)
                 deferred = [t for t in job.targets
                             if any(o.address == t.address and o.status is Status.DEFERRED for o in outcomes)]
@@ -296,24 +297,35 @@ class _Run:
                     self._paused_at = self.pacer.handed
                     until = time.strftime("%H:%M:%S", time.localtime(time.time() + self.settings.batch_pause))
                     self.notify(f"batch of {self.settings.batch_size} sent; pausing {self.settings.batch_pause:g} s, until {until}")
-                    if not self.stop.sleep(self.settings.batch_pause):
+                    if not self._sleep(self.settings.batch_pause):
                         continue
                 delay = self.pacer.delay()
                 if delay > 0:
                     if not wait:
                         return None
-                    self.stop.sleep(delay)
+                    self._sleep(delay)
                     continue
                 job = self._due_retry() or next(self._rows, None)
                 if job is None:
                     if not self.retries or not wait:
+                        self.flush()
                         return None
-                    self.stop.sleep(self.retries[0].due - time.monotonic())
+                    self._sleep(self.retries[0].due - time.monotonic())
                     continue
                 self.pacer.handed_one()
                 self.result.messages += 1
                 return job
             return None
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait (False when woken by a stop), the journal up to date meanwhile."""
+        self.flush()
+        return self.stop.sleep(seconds)
+
+    def flush(self) -> None:
+        """Write the results kept for the journal's next commit."""
+        with self.lock:
+            self.journal.flush()
 
     def _due_retry(self) -> Job | None:
         if self.retries and self.retries[0].due <= time.monotonic():
@@ -366,7 +378,8 @@ def send_merge(
     run.start(resend_unknown)
     clients = [
         SmtpClient(smtp, password, backoff=settings.reconnect, stop=stop,
-                   max_per_connection=settings.max_per_connection, notify=notify, log=log)
+                   max_per_connection=settings.max_per_connection, notify=notify,
+                   before_wait=run.flush, log=log)
         for _ in range(max(1, settings.connections))
     ]
     errors: list[BaseException] = []
@@ -396,6 +409,8 @@ def send_merge(
         for client in clients:
             client.session.abort()  # a second Ctrl-C: quit at once
         raise
+    finally:
+        run.flush()
     if errors and run.result.messages <= len(errors):
         raise errors[0]  # nothing could be sent: a setting is wrong
     return run.result

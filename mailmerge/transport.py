@@ -564,6 +564,7 @@ class SmtpClient:
         stop: StopSignal,
         max_per_connection: int = 0,
         notify: Callable[[str], None] = lambda text: None,
+        before_wait: Callable[[], None] = lambda: None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.session = SmtpSession(config, password, log=log)
@@ -571,6 +572,7 @@ class SmtpClient:
         self.stop = stop
         self.max_per_connection = max_per_connection
         self.notify = notify
+        self.before_wait = before_wait  # called before waiting to reconnect
         self.connections = 0
         self._sent_on_connection = 0
 
@@ -625,6 +627,7 @@ class SmtpClient:
     def _wait(self, attempt: int, error: SendError | None) -> bool:
         delay = self.backoff.delay(attempt)
         self.notify(f"{error}; reconnecting in {delay:g} s (attempt {attempt} of {self.backoff.attempts})")
+        self.before_wait()
         return self.stop.sleep(delay)
 
     def _ensure_open(self) -> None:
