@@ -14,6 +14,7 @@ import binascii
 import functools
 import html
 import mimetypes
+import time
 from dataclasses import dataclass
 from email import headerregistry, policy
 from email.header import Header
@@ -193,7 +194,7 @@ def build_message(
             _add_encoded(message, "Subject", _text_value("Subject", draft.subject))
             for name, value in draft.other_headers:
                 _add_encoded(message, name, _text_value(name, value))
-        date = date or formatdate(localtime=True)
+        date = date or _now()
         message_id = message_id or make_msgid(domain=domain)
         _add_encoded(message, "Date", date)
         _add_encoded(message, "Message-ID", message_id)
@@ -213,6 +214,16 @@ def build_message(
         message_id=message_id,
         date=date,
     )
+
+
+def _now() -> str:
+    """The Date header for a message made now (RFC 5322, local time)."""
+    return _date_of_second(int(time.time()))
+
+
+@functools.lru_cache(maxsize=1)
+def _date_of_second(second: int) -> str:  # the same text for every message of that second
+    return formatdate(second, localtime=True)
 
 
 # The header registry parses every value it is given and refolds it on output:
@@ -278,11 +289,11 @@ def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
         payload = data.decode("ascii", "surrogateescape")
     else:
         quoted = binascii.b2a_qp(data, istext=True)
-        encoded = base64.encodebytes(data)
-        if len(quoted) <= len(encoded):
+        base64_length = -(-len(data) // 3) * 4 * 77 // 76  # 76 characters and a newline a line
+        if len(quoted) <= base64_length:
             encoding, payload = "quoted-printable", quoted.decode("ascii")
         else:
-            encoding, payload = "base64", encoded.decode("ascii")
+            encoding, payload = "base64", base64.encodebytes(data).decode("ascii")
     part._headers += [_content_header("Content-Type", f'text/{subtype}; charset="utf-8"'),  # type: ignore[attr-defined]
                       _content_header("Content-Transfer-Encoding", encoding)]
     part.set_payload(payload)
