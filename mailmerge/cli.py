@@ -29,7 +29,7 @@ from .merge import (
     MergeResult, Plan, Work, campaign_outcomes, count_work, plan_merge, rendered_rows, send_merge, send_test,
 )
 from .message import OutgoingMessage, preview_text, viewable_html
-from .outbox import OutboxServer
+from .outbox import Outbox
 from .outcome import Status
 from .pacing import StopSignal, parse_duration, parse_rate
 from .recipients import read_recipients
@@ -80,7 +80,7 @@ CampaignOption = Annotated[
 ]
 OutboxOption = Annotated[
     Path | None,
-    typer.Option(metavar="DIR", help="Send to a local SMTP server that saves each message as DIR/*.eml (no account needed).", show_default=False),
+    typer.Option(metavar="DIR", help="Write each message to DIR/ROW-address.eml instead of sending it (no account needed).", show_default=False),
 ]
 
 
@@ -219,12 +219,14 @@ def send(
     settings, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
     pace = ui.run(lambda: _pace(settings.send, rate, batch_size, batch_pause, max_messages, connections))
     name = campaign_id(list_path, plan.template.text, campaign)
+    if outbox is not None and outbox.exists() and not outbox.is_dir():
+        ui.fail(InputError(f"--outbox {outbox} is a file: give a folder (it is made when missing)"))
     folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
     if dry_run:
         _dry_run(ui, plan, folder, name, resend_unknown)
     if test_to is not None:
         _test_send(ui, settings, plan, test_to, limit, yes, verbose)
-    with Journal(folder, name, fsync=settings.send.journal_fsync) as journal:
+    with ui.run(lambda: Journal(folder, name, fsync=settings.send.journal_fsync)) as journal:
         ui.run(journal.lock)
         if restart:
             if not yes and not (sys.stdin.isatty() and typer.confirm("Forget what this campaign sent and send every row again?")):
@@ -241,9 +243,9 @@ def send(
                 _save_copies(ui, settings, plan, journal, sent_folder)
             _finish(ui, plan, journal, MergeResult(), report_path, started)
         if outbox is not None:
-            with OutboxServer(outbox) as smtp:
-                ui.note(f"Sending {work.to_send} messages to the outbox {outbox}/ (nothing leaves this machine)", style=None)
-                result = _send_with_progress(ui, plan, journal, smtp, None, pace, work, resend_unknown, verbose)
+            ui.note(f"Writing {work.to_send} messages to the outbox {outbox}/ (nothing leaves this machine)", style=None)
+            result = _send_with_progress(ui, plan, journal, Outbox(outbox, len(plan.recipients)), None, pace, work,
+                                         resend_unknown, verbose)
         else:
             smtp = ui.run(settings.require_server)
             _confirm(ui, yes, f"About to send {work.to_send} messages via {smtp.host}:{smtp.port}{_as_user(smtp)}. Send?")
@@ -378,7 +380,7 @@ def _say_where_we_are(ui: Ui, journal: Journal, list_path: Path, work: Work, rec
 
 
 def _send_with_progress(
-    ui: Ui, plan: Plan, journal: Journal, smtp: SmtpConfig, password: str | None,
+    ui: Ui, plan: Plan, journal: Journal, smtp: SmtpConfig | Outbox, password: str | None,
     settings: SendConfig, work: Work, resend_unknown: bool, verbose: bool,
 ) -> MergeResult:
     stop = StopSignal()

@@ -82,6 +82,12 @@ class CampaignLocked(MailmergeError):
     exit_code = 1
 
 
+class JournalError(MailmergeError):
+    """The journal cannot be opened or written."""
+
+    exit_code = 1
+
+
 class ListChanged(MailmergeError):
     """A row that was already sent no longer holds the same values."""
 
@@ -160,16 +166,22 @@ class Journal:
         self.campaign = campaign
         self.fsync = fsync  # sync each in-flight mark to disk (safe across a power cut)
         self._pending: list[tuple[object, ...]] = []  # results written with the next commit
-        folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / JOURNAL_FILE
-        # Autocommit: every write below is its own short, explicit transaction.
-        # Sessions side by side (--connections) write from their threads, one at a
-        # time (the send loop holds a lock around every journal call).
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
         self._lock_file: int | None = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # Autocommit: every write below is its own short, explicit transaction.
+            # Sessions side by side (--connections) write from their threads, one at a
+            # time (the send loop holds a lock around every journal call).
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise JournalError(
+                f"cannot open the journal {self.path}: {error}. It is kept in {JOURNAL_FOLDER}/ "
+                "beside the list (or in the --outbox folder): that folder must be writable"
+            ) from error
 
     # --- the lock --------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from .config import SendConfig, SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
 from .journal import IN_FLIGHT, Entry, Journal, ListChanged, row_hash
 from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_address, check_addresses
+from .outbox import Outbox, OutboxWriter
 from .outcome import Outcome, Status
 from .pacing import Pacer, StopSignal
 from .recipients import Recipient, RecipientList
@@ -352,7 +353,7 @@ class _Run:
 def send_merge(
     plan: Plan,
     journal: Journal,
-    smtp: SmtpConfig,
+    smtp: SmtpConfig | Outbox,
     password: str | None = None,
     settings: SendConfig | None = None,
     *,
@@ -363,7 +364,8 @@ def send_merge(
     log: Callable[[str], None] | None = None,
 ) -> MergeResult:
     """Send what is left of the campaign through one SMTP session (or
-    ``settings.connections`` sessions side by side).
+    ``settings.connections`` sessions side by side), or write it to an
+    :class:`~mailmerge.outbox.Outbox` folder.
 
     Skips every address the journal has as sent, refused or unknown (unless
     ``resend_unknown``); a connection or login error before the first message
@@ -376,7 +378,7 @@ def send_merge(
     stop = stop or StopSignal()
     run = _Run(plan, journal, settings, stop, on_row, notify)
     run.start(resend_unknown)
-    clients = [
+    clients: list[SmtpClient] | list[OutboxWriter] = [OutboxWriter(smtp)] if isinstance(smtp, Outbox) else [
         SmtpClient(smtp, password, backoff=settings.reconnect, stop=stop,
                    max_per_connection=settings.max_per_connection, notify=notify,
                    before_wait=run.flush, log=log)
@@ -384,7 +386,7 @@ def send_merge(
     ]
     errors: list[BaseException] = []
 
-    def serve(client: SmtpClient) -> None:
+    def serve(client: SmtpClient | OutboxWriter) -> None:
         try:
             client.stream(run.next_job)
         except ConnectionLost as error:  # gave up reconnecting
@@ -407,7 +409,7 @@ def send_merge(
                     thread.join(0.2)  # short waits: Ctrl-C is handled in this thread
     except KeyboardInterrupt:
         for client in clients:
-            client.session.abort()  # a second Ctrl-C: quit at once
+            client.abort()  # a second Ctrl-C: quit at once
         raise
     finally:
         run.flush()

@@ -1,79 +1,77 @@
-"""``send --outbox DIR``: a real SMTP server on 127.0.0.1, started and stopped
-by the tool, that stores each message it receives as an ``.eml`` file in DIR.
+"""``send --outbox DIR``: each message is written to DIR as an ``.eml`` file
+instead of being sent.
 
-The whole send path runs (SMTP session, MAIL, RCPT, DATA, report) and nothing
-leaves the machine: a newcomer sees the tool work without a mail account, and
-can open the files in any mail program.
+Everything else of a send runs as usual: every row rendered and checked, the
+journal (a second run writes only what is missing), the report. Nothing leaves
+the machine: a newcomer sees the tool work without a mail account, and can open
+the files in any mail program. A file holds the bytes a server would receive.
 """
 
 from __future__ import annotations
 
 import re
-import socket
-import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
-
-from .config import SmtpConfig
+from .errors import SendError
+from .message import OutgoingMessage
+from .outcome import Outcome, Status
+from .transport import Job
 
 
-class _SaveToFolder:
-    """aiosmtpd handler: write each message to ``NNNN-first-recipient.eml``."""
+@dataclass(frozen=True)
+class Outbox:
+    """Where ``send --outbox`` writes: the folder, and how many rows the list has
+    (file names are numbered by row, padded to the widest row number)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.count = 0
-        self._lock = threading.Lock()
+    folder: Path
+    rows: int = 0
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        with self._lock:
-            self.count += 1
-            number = self.count
-        first = envelope.rcpt_tos[0] if envelope.rcpt_tos else "nobody"
+    def file_name(self, message: OutgoingMessage) -> str:
+        """``0002-ann@example.com.eml``: the row, then the first recipient."""
+        first = message.recipients[0].address if message.recipients else "nobody"
         safe = re.sub(r"[^\w@.+-]", "_", first)[:80]
-        data = envelope.original_content or b""
-        (self.folder / f"{number:04d}-{safe}.eml").write_bytes(data)
-        return "250 OK: saved to the outbox"
+        width = max(4, len(str(self.rows + 1)))  # row 1 is the header
+        return f"{message.row:0{width}d}-{safe}.eml"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+class OutboxWriter:
+    """Takes the place of :class:`~mailmerge.transport.SmtpClient` in a send:
+    the same ``stream`` of jobs, written to files."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    def stream(self, next_job: Callable[[bool], Job | None]) -> None:
+        """Write every job ``next_job`` gives, each message once, in its own file.
+
+        Raises :class:`SendError` when a file cannot be written (its row stays
+        ``failed``: the next run writes it).
+        """
+        folder = self.outbox.folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SendError(f"cannot make the outbox folder {folder}: {error.strerror or error}") from error
+        while (job := next_job(True)) is not None:
+            path = folder / self.outbox.file_name(job.message)
+            job.before_end(job.targets)
+            try:
+                path.write_bytes(job.message.as_bytes())
+            except OSError as error:
+                job.done(_outcomes(job, Status.FAILED, None, f"not written: {error.strerror or error}"))
+                raise SendError(f"cannot write {path}: {error.strerror or error}; "
+                                "free some space, or choose another --outbox folder") from error
+            job.done(_outcomes(job, Status.SENT, 250, f"written to {path.name}"))
+
+    def abort(self) -> None:
+        """Nothing to cut: there is no connection."""
+
+    def close(self) -> None:
+        """Nothing to close: each file is closed once written."""
 
 
-class OutboxServer:
-    """The embedded server, as a context manager that yields its SMTP settings."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.handler = _SaveToFolder(folder)
-        self._controller: Controller | None = None
-
-    def __enter__(self) -> SmtpConfig:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
-        self._controller = Controller(
-            self.handler,
-            hostname="127.0.0.1",
-            port=port,
-            server_hostname="localhost",  # no DNS look-up of this machine's name
-            enable_SMTPUTF8=True,
-            decode_data=False,
-        )
-        self._controller.start()
-        return SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=30)
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> Any:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
+def _outcomes(job: Job, status: Status, code: int | None, reason: str) -> list[Outcome]:
+    message = job.message
+    return [Outcome(message.row, t.field, t.address, status, code, reason, message.message_id) for t in job.targets]

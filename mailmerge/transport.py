@@ -638,5 +638,9 @@ class SmtpClient:
             self.connections += 1
             self._sent_on_connection = 0
 
+    def abort(self) -> None:
+        """Cut the connection at once (a second Ctrl-C)."""
+        self.session.abort()
+
     def close(self) -> None:
         self.session.close()

@@ -179,3 +179,18 @@ def test_journal_fsync_is_off_unless_asked_for_in_the_file_or_the_environment(tm
     assert default.send.journal_fsync is False
     assert from_environment.send.journal_fsync is True
     assert from_file.send.journal_fsync is True
+
+
+def test_a_journal_that_cannot_be_made_is_named_and_nothing_is_sent(
+    tmp_path: Path, plain_server: SmtpTestServer, sample: tuple[Path, Path]
+) -> None:
+    xlsx, template = sample
+    write_config(tmp_path, plain_server, security="none", username=None)
+    (tmp_path / ".mailmerge").write_text("a file where the journal's folder should be")
+
+    run = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert run.exit_code == 1
+    assert f"cannot open the journal {tmp_path / '.mailmerge' / 'journal.sqlite3'}" in run.stderr
+    assert "must be writable" in run.stderr and "Traceback" not in run.output
+    assert plain_server.messages == []

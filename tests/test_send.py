@@ -168,14 +168,30 @@ def test_outbox_writes_one_eml_per_row(tmp_path: Path, sample: tuple[Path, Path]
 
     assert run.exit_code == 0, run.output
     files = sorted(outbox.glob("*.eml"))
-    assert [f.name for f in files] == [
-        "0001-minsu@example.com.eml",
-        "0002-jung@example.org.eml",
-        "0003-zoe@example.fr.eml",
+    assert [f.name for f in files] == [  # by the row of the sheet
+        "0002-minsu@example.com.eml",
+        "0003-jung@example.org.eml",
+        "0004-zoe@example.fr.eml",
     ]
     parsed = BytesParser(policy=policy.default).parsebytes(files[0].read_bytes())
     assert parsed["Subject"] == "김민수님, invoice 007 📚"
     assert "sent 3" in run.stdout
+
+
+def test_outbox_resumes_and_names_a_folder_it_cannot_write(tmp_path: Path, sample: tuple[Path, Path]) -> None:
+    xlsx, template = sample
+    outbox = tmp_path / "outbox"
+    first = run_cli("send", xlsx, "-t", template, "--outbox", outbox, password=None)
+    (outbox / "0003-jung@example.org.eml").unlink()
+    second = run_cli("send", xlsx, "-t", template, "--outbox", outbox, password=None)  # all done already
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file, not a folder")
+    refused = run_cli("send", xlsx, "-t", template, "--outbox", blocked, password=None)
+
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    assert "Nothing left to send" in second.stderr
+    assert len(list(outbox.glob("*.eml"))) == 2  # the journal, not the folder, says what was written
+    assert refused.exit_code == 2 and f"--outbox {blocked} is a file: give a folder" in refused.stderr
 
 
 def test_wrong_password_stops_before_sending_with_a_hint(
