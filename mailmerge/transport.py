@@ -540,8 +540,11 @@ def _envelope(job: Job, eightbit: bool) -> tuple[bytes, list[str]]:
 
 def _dot_stuffed(data: bytes) -> bytes:
     """The message as DATA content: CRLF line ends, leading dots doubled (RFC 5321 4.5.2)."""
-    data = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", data)
-    data = re.sub(rb"(?m)^\.", b"..", data)
+    crlf = data.count(b"\r\n")
+    if crlf != data.count(b"\n") or crlf != data.count(b"\r"):  # the email package writes CRLF already
+        data = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", data)
+    if data.startswith(b".") or b"\n." in data:
+        data = re.sub(rb"(?m)^\.", b"..", data)
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 

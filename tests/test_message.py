@@ -7,12 +7,14 @@ from email.message import EmailMessage
 from email.parser import BytesParser, Parser
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
 
 from mailmerge.errors import InvalidRow
 from mailmerge.message import (
     EnvelopeRecipient,
     OutgoingMessage,
     build_message,
+    check_address,
     preview_text,
 )
 from mailmerge.template import Draft, Mailbox
@@ -242,3 +244,30 @@ def test_preview_shows_decoded_headers_bcc_and_body() -> None:
     assert "secret@example.net" in bcc_line and "envelope only" in bcc_line
     assert text.endswith("\n\n" + BODY)
     assert "=?utf-8?" not in text
+
+
+# check_address() skips email_validator for the part before the @ when it is a
+# plain ASCII dot-atom, and checks each domain once: the answers must not change.
+TRICKY_ADDRESSES = [
+    "Ann.Lee@Example.COM", "a+b@x.co.kr", "o'brien@x.ie", "a@123.com", "a@x.com.", "a@X.COM",
+    "a@xn--bcher-kva.de", "user@bücher.de", "a@münchen.DE", "A@ＥＸＡＭＰＬＥ.com", "postmaster@x.com",
+    "a@b.test", "a@localhost", "x@example.invalid", "a@b.onion", "a@sub.local", "a@x", "a@x.123", "a@x.c",
+    "a..b@x.com", ".a@x.com", "a.@x.com", "a@-x.com", "a@x_y.com", "a@x..com", "a@.x.com", "a@ex ample.com",
+    "a@[1.2.3.4]", "a@1.2.3.4", '"a b"@x.com', "josé@x.com", "Ⅻ@x.com", "@x.com", "a@b@c.com", "a b@x.com",
+    "a\t@x.com", "a@x.com ", " a@x.com", "a@example.com\n",
+    "a" * 64 + "@x.com", "a" * 65 + "@x.com", "a@" + "b" * 63 + ".com", "a@" + "b" * 64 + ".com",
+    "a" * 60 + "@" + ("b" * 60 + ".") * 3 + "com", "a" * 64 + "@" + ("b" * 60 + ".") * 3 + "b" * 33 + ".com",
+]
+
+
+@pytest.mark.parametrize("address", TRICKY_ADDRESSES)
+def test_check_address_answers_as_email_validator_does(address: str) -> None:
+    try:
+        result = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+        expected: tuple[str, str | None] = (result.normalized, result.ascii_email)
+    except EmailNotValidError as error:
+        with pytest.raises(InvalidRow) as raised:
+            check_address(address)
+        assert str(raised.value) == f"'{address}' is not a valid address: {error}"
+        return
+    assert check_address(address) == expected

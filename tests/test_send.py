@@ -7,7 +7,16 @@ from email import policy
 from email.parser import BytesParser
 from pathlib import Path
 
-from conftest import PASSWORD, REFUSED, USER, run_cli, write_config, write_template, write_xlsx
+import pytest
+from conftest import (
+    PASSWORD,
+    REFUSED,
+    USER,
+    run_cli,
+    write_config,
+    write_template,
+    write_xlsx,
+)
 from smtp_server import Faults, SmtpTestServer
 
 
@@ -296,3 +305,17 @@ def test_a_refused_sender_or_message_is_reported_and_the_run_goes_on(tmp_path: P
     ]
     assert "spam" in report[1]["reason"] and "Sender address rejected" in report[2]["reason"]
     assert "sent 2, refused 2, invalid 0" in run.stdout
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+def test_lines_starting_with_a_dot_arrive_as_written(tmp_path: Path, pipelining: bool) -> None:
+    body = ".\n.hidden line\n..two dots\nend\n"  # a lone "." would end DATA if not doubled
+    xlsx = write_xlsx(tmp_path / "list.xlsx", ("name", "email"), [("Ann", "ann@example.com"), ("Bo", "bo@example.com")])
+    template = write_template(tmp_path / "dots.txt", "From: club@example.com\nSubject: Dots\n\n{{ name }}\n" + body)
+    with SmtpTestServer(pipelining=pipelining) as server:
+        write_config(tmp_path, server, security="none", username=None)
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert run.exit_code == 0, run.output
+    texts = [m.message.get_content().replace("\r\n", "\n") for m in server.messages]
+    assert texts == ["Ann\n" + body, "Bo\n" + body]
