@@ -115,6 +115,8 @@ class JournalView(Protocol):
 
     def row_entries(self, row: int) -> list[Entry]: ...
 
+    def rows(self) -> Iterator[tuple[int, list[Entry]]]: ...
+
     def has_lines(self) -> bool: ...
 
 
@@ -152,10 +154,25 @@ def _check_unchanged(plan: Plan, recipient: Recipient, journaled: list[Entry]) -
 
 
 def _journaled_rows(plan: Plan, journal: JournalView) -> Iterator[tuple[Recipient, list[Entry]]]:
-    """Each row of the list with its journal lines (none asked for when the journal is empty)."""
+    """Each row of the list with its journal lines, while the journal is being
+    written (a look-up per row; none when the journal is empty)."""
     any_lines = journal.has_lines()
     for recipient in plan.recipients:
         yield recipient, journal.row_entries(recipient.row) if any_lines else []
+
+
+def _read_journaled_rows(plan: Plan, journal: JournalView) -> Iterator[tuple[Recipient, list[Entry]]]:
+    """The same, faster, when nothing writes to the journal meanwhile: the
+    journal read in one pass beside the list (both in row order)."""
+    lines = journal.rows()
+    found = next(lines, None)
+    for recipient in plan.recipients:
+        while found is not None and found[0] < recipient.row:  # rows no longer in the list
+            found = next(lines, None)
+        if found is not None and found[0] == recipient.row:
+            yield recipient, found[1]
+        else:
+            yield recipient, []
 
 
 @dataclass(frozen=True)
@@ -173,7 +190,7 @@ def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False
     """Count what is already done and what is left, and stop when the list
     changed under a row that was already sent."""
     done = to_send = unknown = 0
-    for recipient, journaled in _journaled_rows(plan, journal):
+    for recipient, journaled in _read_journaled_rows(plan, journal):
         if recipient.row in plan.invalid:
             continue
         _check_unchanged(plan, recipient, journaled)
@@ -424,7 +441,7 @@ def send_merge(
 def campaign_outcomes(plan: Plan, journal: JournalView) -> Iterator[Outcome]:
     """Every address of every row, all runs together, in row order: what the
     journal knows, the invalid rows, and ``failed`` for what was not sent yet."""
-    for recipient, journaled in _journaled_rows(plan, journal):
+    for recipient, journaled in _read_journaled_rows(plan, journal):
         if recipient.row in plan.invalid:
             yield from plan.invalid[recipient.row]
         elif not journaled:
