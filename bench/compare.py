@@ -338,11 +338,14 @@ def fresh_folder(parent: Path, *files: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def tool_config(host: str, port: int, *, ca_file: Path | None = None) -> str:
-    """mailmerge.toml: no TLS and no login, or STARTTLS + login trusting ``ca_file``."""
+def tool_config(host: str, port: int, *, ca_file: Path | None = None, ssl_only: bool = False) -> str:
+    """mailmerge.toml: no TLS and no login, STARTTLS + login trusting ``ca_file``,
+    or (``ssl_only``) SMTPS trusting ``ca_file`` without a login."""
     lines = ["[smtp]", f'host = "{host}"', f"port = {port}", "timeout = 30"]
     if ca_file is None:
         lines.append('security = "none"')
+    elif ssl_only:
+        lines += ['security = "ssl"', f'ca_file = "{ca_file}"']
     else:
         lines += ['security = "starttls"', f'username = "{USER}"', f'ca_file = "{ca_file}"']
     return "\n".join(lines) + "\n"
@@ -575,6 +578,34 @@ def smtp_sink(work: Path) -> Iterator[int]:
         log("smtp-sink stopped")
 
 
+@contextlib.contextmanager
+def stunnel_smtps(work: Path, sink_port: int) -> Iterator[tuple[int, Path]]:
+    """stunnel4 in SMTPS mode in front of smtp-sink, with a certificate made here
+    (trustme); yield (port, CA file); kill it after."""
+    import trustme
+
+    ca = trustme.CA()
+    ca_file, server_pem = work / "stunnel-ca.pem", work / "stunnel-server.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    ca.issue_cert(HOST, "localhost").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    port = free_port()
+    conf = work / "stunnel.conf"
+    conf.write_text("\n".join([
+        "foreground = yes", "pid =", "debug = 3", "[smtps]",
+        f"accept = {HOST}:{port}", f"connect = {HOST}:{sink_port}", f"cert = {server_pem}", "",
+    ]), encoding="utf-8")
+    with (work / "stunnel.log").open("wb") as stunnel_log:
+        proc = subprocess.Popen([shutil.which("stunnel4") or "stunnel", str(conf)], stdout=stunnel_log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port)
+        log(f"stunnel (SMTPS) on {HOST}:{port} -> smtp-sink (pid {proc.pid})")
+        yield port, ca_file
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # --------------------------------------------------------------------------- measurements
 
 
@@ -676,10 +707,15 @@ def verify_server(server: SmtpTestServer, before: tuple[int, int, int], expected
 
 
 def measure_tool(bench: Bench, key: str, section: str, name: str, list_path: Path, port: int,
-                 *, rows: int, server: SmtpTestServer | None = None, extra: tuple[str, ...] = ()) -> Row:
-    """``mailmerge send LIST -t T --yes`` in a fresh folder per run."""
-    row = bench.add(Row(key, section, name, rows))
-    config = tool_config(HOST, port, ca_file=server.ca_file if server else None)
+                 *, rows: int, server: SmtpTestServer | None = None, extra: tuple[str, ...] = (),
+                 smtps_ca: Path | None = None, note: str = "") -> Row:
+    """``mailmerge send LIST -t T --yes`` in a fresh folder per run (SMTPS
+    without a login when ``smtps_ca`` is given)."""
+    row = bench.add(Row(key, section, name, rows, note=note))
+    if smtps_ca is not None:
+        config = tool_config(HOST, port, ca_file=smtps_ca, ssl_only=True)
+    else:
+        config = tool_config(HOST, port, ca_file=server.ca_file if server else None)
     env = child_env(MAILMERGE_PASSWORD=PASSWORD) if server else child_env()
     log(f"this tool: {name}, {rows:,} messages")
 
@@ -991,6 +1027,12 @@ def run_all(bench: Bench, connections_option: bool) -> str:
                          settings.peer_tls_rows, server=server)
             measure_tool(bench, "tool_tls", "This tool", "send, CSV, STARTTLS+AUTH", bench.csv_list,
                          server.port, rows=settings.rows, server=server)
+        if shutil.which("stunnel4") or shutil.which("stunnel"):
+            with stunnel_smtps(bench.work, sink_port) as (smtps_port, smtps_ca):
+                measure_tool(bench, "tool_smtps", "This tool", "send, CSV, SMTPS (stunnel), no AUTH",
+                             bench.csv_list, smtps_port, rows=settings.rows, smtps_ca=smtps_ca,
+                             note="stunnel4 -> smtp-sink: TLS with a server in C (awdeorio's SSL/TLS needs AUTH, "
+                                  "which smtp-sink -a lacks)")
         measure_far(bench, sink_port, connections_option)
     measure_scale(bench)
     return ("Postfix's sink: discards, offers PIPELINING, no AUTH (-a); TLS rows use aiosmtpd "
