@@ -47,7 +47,7 @@ measured command, the client only: the servers' work is not in it):
 Then the ratios, each against its target, PASS/FAIL.  Progress goes to
 stderr, the table to stdout; --write-results also writes it, with the date,
 ``uname -a``, the CPU model and the Python version, to bench/RESULTS.md.
-Defaults take about 40 minutes on 2 cores (the 1M-row outbox alone about 17); --quick (2,000 rows, no 1M rows,
+Defaults take about 20 minutes on 2 cores (the 1M-row outbox alone about 10); --quick (2,000 rows, no 1M rows,
 shorter budgets) is a smoke run of a few minutes.  Needs the test extras
 (trustme, aiosmtpd): pip install -e '.[test]'.
 """
