@@ -396,6 +396,7 @@ def viewable_html(outgoing: OutgoingMessage) -> str:
     for part in message.walk():
         cid = part.get("Content-ID")
         if cid and not part.is_multipart():
-            data = base64.b64encode(part.get_payload(decode=True) or b"").decode()
+            payload = part.get_payload(decode=True)
+            data = base64.b64encode(payload if isinstance(payload, bytes) else b"").decode()
             sources["cid:" + cid.strip("<>")] = f"data:{part.get_content_type()};base64,{data}"
     return replace_image_sources(content, sources)

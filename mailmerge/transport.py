@@ -386,7 +386,7 @@ class SmtpSession:
             return None if limit and handled >= limit else self._sendable(lambda: next_job(wait), smtp)
 
         job = pull(True)
-        payload, described = b"", []  # the previous message's content and end, not sent yet
+        payload, described = b"", list[str]()  # the previous message's content and end, not sent yet
         past_dot: Job | None = None  # its end of DATA went out; no reply read yet
         outstanding: Job | None = None  # its MAIL/RCPT/DATA went out; replies not all read
         nxt: Job | None = None  # the next one, rendered while the server answers
@@ -426,7 +426,7 @@ class SmtpSession:
                     "confirmed it: it may have been delivered", Status.UNKNOWN,
                 ))
             lost = ConnectionLost(f"the connection to {self.config.host} was lost: {error or 'closed'}")
-            retry = [(j, []) for j in (outstanding, nxt) if j is not None]
+            retry: list[tuple[Job, list[Outcome]]] = [(j, []) for j in (outstanding, nxt) if j is not None]
             raise _Interrupted(lost, retry, handled) from error
         except _Interrupted as interrupted:
             interrupted.handled = handled
@@ -468,8 +468,8 @@ class SmtpSession:
         code, reply = smtp.getreply()
         if code == 421:  # not taken; the server is closing: send it again elsewhere
             self.abort()
-            raise _Interrupted(ConnectionLost(f"{self.config.host} closed the session: 421 {_text(reply)}"),
-                               [(job, [])] + ([(outstanding, [])] if outstanding else []), 0)
+            again: list[tuple[Job, list[Outcome]]] = [(job, [])] + ([(outstanding, [])] if outstanding else [])
+            raise _Interrupted(ConnectionLost(f"{self.config.host} closed the session: 421 {_text(reply)}"), again, 0)
         job.done(_settled(job.message, job.targets, job.replied, code, _text(reply)))
 
     def _check(self, answer: tuple[int, bytes], job: Job | None) -> tuple[int, str]:

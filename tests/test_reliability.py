@@ -156,6 +156,23 @@ def test_ctrl_c_wakes_a_long_batch_pause_at_once(tmp_path: Path) -> None:
     assert len(server.messages) == 2
 
 
+def test_results_are_in_the_journal_before_a_pause_even_if_the_run_is_killed_in_it(tmp_path: Path) -> None:
+    # A result is committed with the next message's in-flight mark: before any
+    # wait it must be written on its own, or a kill in a long pause would turn
+    # messages that were sent into "unknown".
+    xlsx, template, addresses = make_list(tmp_path, 6)
+    with SmtpTestServer() as server:
+        write_config(tmp_path, server, security="none", username=None)
+        child = start_send(xlsx, template, "--batch-size", "3", "--batch-pause", "10m")
+        wait_for(lambda: len(server.messages) >= 3)
+        time.sleep(0.5)  # now in the pause
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+
+    assert sorted(server.recipients()) == addresses[:3]
+    assert journal_states(tmp_path) == {address: "sent" for address in addresses[:3]}
+
+
 def test_rate_spaces_messages_evenly(tmp_path: Path) -> None:
     xlsx, template, _ = make_list(tmp_path, 6)
     with SmtpTestServer() as server:
