@@ -77,6 +77,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import openpyxl
+import trustme
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -582,8 +583,6 @@ def smtp_sink(work: Path) -> Iterator[int]:
 def stunnel_smtps(work: Path, sink_port: int) -> Iterator[tuple[int, Path]]:
     """stunnel4 in SMTPS mode in front of smtp-sink, with a certificate made here
     (trustme); yield (port, CA file); kill it after."""
-    import trustme
-
     ca = trustme.CA()
     ca_file, server_pem = work / "stunnel-ca.pem", work / "stunnel-server.pem"
     ca.cert_pem.write_to_path(str(ca_file))

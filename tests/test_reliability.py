@@ -23,6 +23,7 @@ from smtp_server import Faults, SmtpTestServer
 
 from mailmerge.journal import JOURNAL_FILE, Journal, campaign_id
 
+
 @pytest.fixture(autouse=True, params=[False, True], ids=["one-by-one", "pipelined"])
 def pipelining(request: pytest.FixtureRequest) -> Iterator[bool]:
     """Every fault, with and without PIPELINING: both ways of sending must survive it."""
@@ -143,10 +144,7 @@ def test_ctrl_c_finishes_the_message_in_flight_and_exits_130(tmp_path: Path) -> 
 def test_ctrl_c_wakes_a_long_batch_pause_at_once(tmp_path: Path) -> None:
     xlsx, template, _ = make_list(tmp_path, 10)
     with SmtpTestServer() as server:
-        write_config(tmp_path, server, security="none", username=None)
-        child = start_send(xlsx, template, "--batch-size", "2", "--batch-pause", "10m")
-        wait_for(lambda: len(server.messages) >= 2)
-        time.sleep(0.3)  # now in the pause
+        child = start_send_until_paused(tmp_path, server, xlsx, template, batch_size=2)
         started = time.monotonic()
         child.send_signal(signal.SIGINT)
         child.communicate(timeout=20)
@@ -162,10 +160,7 @@ def test_results_are_in_the_journal_before_a_pause_even_if_the_run_is_killed_in_
     # messages that were sent into "unknown".
     xlsx, template, addresses = make_list(tmp_path, 6)
     with SmtpTestServer() as server:
-        write_config(tmp_path, server, security="none", username=None)
-        child = start_send(xlsx, template, "--batch-size", "3", "--batch-pause", "10m")
-        wait_for(lambda: len(server.messages) >= 3)
-        time.sleep(0.5)  # now in the pause
+        child = start_send_until_paused(tmp_path, server, xlsx, template, batch_size=3)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
 
@@ -296,6 +291,16 @@ def start_send(xlsx: Path, template: Path, *extra: str) -> subprocess.Popen[str]
         env={**os.environ, "MAILMERGE_PASSWORD": PASSWORD},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+
+
+def start_send_until_paused(folder: Path, server: SmtpTestServer, xlsx: Path, template: Path, *,
+                            batch_size: int) -> subprocess.Popen[str]:
+    """A send whose first batch went out and which is now in a 10-minute batch pause."""
+    write_config(folder, server, security="none", username=None)
+    child = start_send(xlsx, template, "--batch-size", str(batch_size), "--batch-pause", "10m")
+    wait_for(lambda: len(server.messages) >= batch_size)
+    time.sleep(0.4)  # the last reply read, the journal written: now in the pause
+    return child
 
 
 def wait_for(condition: object, timeout: float = 30) -> None:
