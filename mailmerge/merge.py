@@ -252,8 +252,17 @@ class _Run:
         self._paused_at = 0
 
     def start(self, resend_unknown: bool) -> None:
-        self.journal.record(o for outcomes in self.plan.invalid.values() for o in outcomes)
+        self.journal.record(self._new_invalid())
         self._rows = self._row_jobs(resend_unknown)
+
+    def _new_invalid(self) -> Iterator[Outcome]:
+        """The invalid rows' outcomes, but for the addresses the journal has as
+        sent (or refused, unknown): a row can turn invalid after it went (a
+        lower recipient limit, an attachment deleted since), and writing
+        'invalid' over 'sent' would let a later run send it again."""
+        for row, outcomes in self.plan.invalid.items():
+            finished = {e.address for e in self.journal.row_entries(row) if e.state in DONE}
+            yield from (o for o in outcomes if o.address not in finished)
 
     def _row_jobs(self, resend_unknown: bool) -> Iterator[Job]:
         """A job for each row with something left to send, built when asked for."""
@@ -445,8 +454,8 @@ def campaign_outcomes(plan: Plan, journal: JournalView) -> Iterator[Outcome]:
     """Every address of every row, all runs together, in row order: what the
     journal knows, the invalid rows, and ``failed`` for what was not sent yet."""
     for recipient, journaled in _read_journaled_rows(plan, journal):
-        if recipient.row in plan.invalid:
-            yield from plan.invalid[recipient.row]
+        if recipient.row in plan.invalid and not any(e.state in DONE for e in journaled):
+            yield from plan.invalid[recipient.row]  # (a row sent before it turned invalid: as the journal says)
         elif not journaled:
             for target in _envelope(plan, recipient):
                 yield Outcome(recipient.row, target.field, target.address, Status.FAILED, None,

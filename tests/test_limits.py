@@ -141,3 +141,27 @@ def test_the_setting_zero_means_no_limit_and_a_negative_one_is_refused(tmp_path:
     config.write_text("[send]\nmax_recipients_per_message = -1\n")
     with pytest.raises(ConfigError, match=r"\[send\] max_recipients_per_message must be 0 \(no limit\) or more"):
         load_config(config, environ={})
+
+
+def test_lowering_the_limit_never_turns_a_sent_row_into_one_to_send_again(
+    tmp_path: Path, tls_server: SmtpTestServer, crowded_list: tuple[Path, Path]
+) -> None:
+    xlsx, template = crowded_list
+    config = write_config(tmp_path, tls_server)
+    settings = config.read_text()
+    add_to_section(config, "send", "max_recipients_per_message = 150")
+    first = run_cli("send", xlsx, "-t", template, "--yes")  # every row goes, row 3 with its 101
+    config.write_text(settings)  # back to the default, 100: row 3 is over it now
+    rows = [("ann@example.com",), (addresses(101, "big"),), (addresses(100, "full"),), ("bob@example.com",)]
+    write_xlsx(xlsx, ("email",), [*rows, ("carl@example.com",)])  # and a new row to send
+    lowered = run_cli("send", xlsx, "-t", template, "--yes")
+    after_lowering = read_report(tmp_path / "list.report.csv")
+    add_to_section(config, "send", "max_recipients_per_message = 150")
+    raised = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert first.exit_code == 0, first.output
+    assert "Nothing left to send" in raised.output, raised.output
+    assert [len(m.rcpt_tos) for m in tls_server.messages] == [1, 101, 100, 1, 1]  # row 3 once, never again
+    assert lowered.exit_code == 0, lowered.output  # row 3 was sent: what the limit says of it now is moot
+    for report in (after_lowering, read_report(tmp_path / "list.report.csv")):
+        assert {r["status"] for r in report} == {"sent"} and len(report) == 204
