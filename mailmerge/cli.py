@@ -104,7 +104,7 @@ def _prepare(
             css=config.message.css,
             attachments_dir=attachments_dir,
         )
-        return config, plan_merge(recipients, load_template(template_path, settings))
+        return config, plan_merge(recipients, load_template(template_path, settings), config.send.recipient_limit)
 
     config, plan = ui.run(prepare)
     for outcomes in plan.invalid.values():

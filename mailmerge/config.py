@@ -10,6 +10,8 @@
     username = "me@gmail.com"  # omit for a server without AUTH
     ca_file = "ca.pem"         # optional, for a server with a private CA
     timeout = 30
+    [send]
+    max_recipients_per_message = 100   # To, Cc and Bcc of one message
     [message]
     from = "Me <me@gmail.com>"
 
@@ -37,6 +39,10 @@ from .providers import PROVIDERS
 CONFIG_NAME = "mailmerge.toml"
 SECURITY_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 AUTH_METHODS = ("password", "xoauth2")
+# RFC 5321 (4.5.3.1.8) says a server must accept at least 100 recipients in
+# one message: a message within that goes through any server. A relay that
+# takes more is set with max_recipients_per_message.
+DEFAULT_RECIPIENTS_PER_MESSAGE = 100
 
 
 @dataclass
@@ -56,6 +62,31 @@ class SmtpConfig:
     oauth2_token_command: str | None = None  # prints an OAuth2 access token
 
 
+@dataclass(frozen=True)
+class RecipientLimit:
+    """At most ``count`` recipients (To, Cc and Bcc together) in one message,
+    and whose rule that is, so that a row over it can say what to change."""
+
+    count: int = DEFAULT_RECIPIENTS_PER_MESSAGE  # 0: no limit
+    provider: str = ""  # the provider whose published limit this is
+    configured: bool = False  # set by max_recipients_per_message
+
+    def exceeded_by(self, recipients: int) -> str | None:
+        """Why a message with this many recipients cannot go (None: it can)."""
+        if not self.count or recipients <= self.count:
+            return None
+        if self.configured:
+            over = f"more than max_recipients_per_message = {self.count} in [send]"
+            what_to_do = "split them over several rows, or raise that setting"
+        else:
+            if self.provider:
+                over = f"more than {self.provider}'s limit of {self.count} a message"
+            else:
+                over = f"more than the {self.count} a message every server must accept"
+            what_to_do = "split them over several rows, or set max_recipients_per_message in [send] if your server takes more"
+        return f"{recipients:,} recipients (To, Cc and Bcc), {over}: {what_to_do}"
+
+
 @dataclass
 class SendConfig:
     """How fast to send, and how hard to try: the [send] section."""
@@ -67,6 +98,7 @@ class SendConfig:
     max_per_connection: int = 0  # start a new session after this many; 0: no limit
     connections: int = 1  # sessions side by side (relays that allow several)
     journal_fsync: bool = False  # sync each in-flight mark to disk: at most once across a power cut
+    recipient_limit: RecipientLimit = field(default_factory=RecipientLimit)  # a row over it is invalid
     reconnect: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=60.0, attempts=5))
     retry: Backoff = field(default_factory=lambda: Backoff(initial=30.0, maximum=600.0, attempts=3))
 
@@ -132,6 +164,7 @@ _MESSAGE_KEYS = ("from", "template", "unsubscribe", "css")
 _IMAP_KEYS = ("provider", "host", "port", "security", "username", "ca_file", "timeout", "save_sent", "sent_folder")
 _SEND_KEYS = (
     "rate", "batch_size", "batch_pause", "max_messages", "max_per_connection", "connections", "journal_fsync",
+    "max_recipients_per_message",
     "reconnect_attempts", "reconnect_delay", "reconnect_max_delay",
     "retry_attempts", "retry_delay", "retry_max_delay",
 )
@@ -179,6 +212,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
             config.send.rate = 60.0 / provider.per_minute
         if "max_messages" not in send_data and provider.per_day:
             config.send.max_messages = provider.per_day
+        if "max_recipients_per_message" not in send_data and provider.recipients_per_message:
+            config.send.recipient_limit = RecipientLimit(provider.recipients_per_message, provider=provider.name)
     message = data.get("message", {})
     config.message.sender = _text(message, "from", where)
     config.message.unsubscribe = _text(message, "unsubscribe", where)
@@ -258,6 +293,11 @@ def _send_config(data: dict[str, Any], where: str) -> SendConfig:
             if key in data:
                 setattr(config, key, int(data[key]))
         config.journal_fsync = _flag(data.get("journal_fsync", False))
+        if "max_recipients_per_message" in data:
+            count = int(data["max_recipients_per_message"])
+            if count < 0:
+                raise ConfigError("max_recipients_per_message must be 0 (no limit) or more")
+            config.recipient_limit = RecipientLimit(count, configured=True)
         for name in ("reconnect", "retry"):
             default: Backoff = getattr(config, name)
             setattr(config, name, Backoff(

@@ -5,7 +5,7 @@ This is the library API behind the commands::
 
     recipients = read_recipients("list.xlsx")
     template = load_template("welcome.txt", default_from=config.message.sender)
-    plan = plan_merge(recipients, template)         # renders every row; sends nothing
+    plan = plan_merge(recipients, template, config.send.recipient_limit)  # renders every row; sends nothing
     with Journal(folder, campaign_id(...)) as journal:
         result = send_merge(plan, journal, config.smtp, password, config.send)
         summary = write_report(path, campaign_outcomes(plan, journal))
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .config import SendConfig, SmtpConfig
+from .config import RecipientLimit, SendConfig, SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
 from .journal import IN_FLIGHT, Entry, Journal, ListChanged, row_hash
 from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_address, check_addresses
@@ -80,14 +80,16 @@ class Plan:
         return len(self.recipients) - len(self.invalid)
 
 
-def plan_merge(recipients: RecipientList, template: MailTemplate) -> Plan:
-    """Render every row before anything is sent.
+def plan_merge(recipients: RecipientList, template: MailTemplate, limit: RecipientLimit | None = None) -> Plan:
+    """Render every row before anything is sent. A row whose message would
+    have more recipients than ``limit`` allows (default: 100) is invalid.
 
     Raises :class:`~mailmerge.errors.TemplateError` when the template uses a
     name that is not a column, or fails on a row; an invalid row is recorded
     in the plan and the others go on.
     """
     template.check_columns(recipients.columns, recipients.first_row)
+    limit = limit or RecipientLimit()
     plan = Plan(recipients, template)
     for recipient in recipients:
         # Render and check addresses; building the MIME message is left to the
@@ -95,7 +97,7 @@ def plan_merge(recipients: RecipientList, template: MailTemplate) -> Plan:
         draft = None
         try:
             draft = template.render(recipient)
-            plan.addresses += len(check_addresses(draft).envelope)
+            plan.addresses += len(check_addresses(draft, limit).envelope)
         except InvalidRow as error:
             plan.invalid[recipient.row] = invalid_outcomes(recipient.row, draft, error)
     return plan
@@ -104,7 +106,8 @@ def plan_merge(recipients: RecipientList, template: MailTemplate) -> Plan:
 def rendered_rows(plan: Plan) -> Iterator[tuple[Recipient, OutgoingMessage | list[Outcome]]]:
     """Each row with its message (or its invalid outcomes), rendered afresh."""
     for recipient in plan.recipients:
-        yield recipient, render_row(plan.template, recipient)
+        invalid = plan.invalid.get(recipient.row)  # as the plan found it (e.g. over the recipient limit)
+        yield recipient, invalid if invalid is not None else render_row(plan.template, recipient)
 
 
 # --- what is left to send --------------------------------------------------------
@@ -249,8 +252,17 @@ class _Run:
         self._paused_at = 0
 
     def start(self, resend_unknown: bool) -> None:
-        self.journal.record(o for outcomes in self.plan.invalid.values() for o in outcomes)
+        self.journal.record(self._new_invalid())
         self._rows = self._row_jobs(resend_unknown)
+
+    def _new_invalid(self) -> Iterator[Outcome]:
+        """The invalid rows' outcomes, but for the addresses the journal has as
+        sent (or refused, unknown): a row can turn invalid after it went (a
+        lower recipient limit, an attachment deleted since), and writing
+        'invalid' over 'sent' would let a later run send it again."""
+        for row, outcomes in self.plan.invalid.items():
+            finished = {e.address for e in self.journal.row_entries(row) if e.state in DONE}
+            yield from (o for o in outcomes if o.address not in finished)
 
     def _row_jobs(self, resend_unknown: bool) -> Iterator[Job]:
         """A job for each row with something left to send, built when asked for."""
@@ -442,8 +454,8 @@ def campaign_outcomes(plan: Plan, journal: JournalView) -> Iterator[Outcome]:
     """Every address of every row, all runs together, in row order: what the
     journal knows, the invalid rows, and ``failed`` for what was not sent yet."""
     for recipient, journaled in _read_journaled_rows(plan, journal):
-        if recipient.row in plan.invalid:
-            yield from plan.invalid[recipient.row]
+        if recipient.row in plan.invalid and not any(e.state in DONE for e in journaled):
+            yield from plan.invalid[recipient.row]  # (a row sent before it turned invalid: as the journal says)
         elif not journaled:
             for target in _envelope(plan, recipient):
                 yield Outcome(recipient.row, target.field, target.address, Status.FAILED, None,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
+from .config import RecipientLimit
 from .content import replace_image_sources
 from .errors import InvalidRow
 from .template import Draft, Mailbox
@@ -166,13 +167,20 @@ class CheckedAddresses:
         return any(box.ascii is None for box in everyone)
 
 
-def check_addresses(draft: Draft) -> CheckedAddresses:
-    """Check every address of a draft (syntax only, no DNS).
+def check_addresses(draft: Draft, limit: RecipientLimit | None = None) -> CheckedAddresses:
+    """Check every address of a draft (syntax only, no DNS), and, given a
+    ``limit``, that the message has no more recipients than it allows.
 
-    Raises :class:`InvalidRow` for the first address that is not valid.
+    Raises :class:`InvalidRow` for the first address that is not valid, or
+    for a message over the limit.
     """
     if len(draft.sender) != 1:
         raise InvalidRow(f"the From header must hold exactly one address, not {len(draft.sender)}")
+    if limit is not None:
+        # Counted before checking the addresses: a cell of 10,000 is refused at once.
+        over = limit.exceeded_by(len(draft.to) + len(draft.cc) + len(draft.bcc))
+        if over:
+            raise InvalidRow(over)
     return CheckedAddresses(
         sender=_checked(draft.sender)[0],
         to=_checked(draft.to),

@@ -2,7 +2,8 @@
 what a user of each must do when the login is refused.
 
 ``provider = "gmail"`` in ``[smtp]`` fills host, port and security; the
-limits become the defaults of ``rate`` and ``max_messages`` unless set.
+limits become the defaults of ``rate``, ``max_messages`` and
+``max_recipients_per_message`` unless set (see ``config.load_config``).
 """
 
 from __future__ import annotations

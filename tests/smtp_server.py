@@ -9,7 +9,9 @@ Usage::
 
 Modes: plain SMTP (default), STARTTLS (``tls=True``, required before MAIL) or
 SMTPS (``implicit_tls=True``, TLS from the first byte, like port 465).  Certificates
-come from a throw-away ``trustme`` CA whose PEM is written to ``ca_file``.
+come from a throw-away ``trustme`` CA whose PEM is written to ``ca_file``; the
+server's certificate names 127.0.0.1 and localhost unless ``cert_names`` says
+otherwise.  ``auth_mechanisms=["LOGIN"]`` offers only AUTH LOGIN.
 No pytest import here: ``bench/`` scripts import this module too.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable, cast
+from typing import Any, Iterable, Sequence, cast
 
 import trustme
 from aiosmtpd.controller import Controller
@@ -207,11 +209,14 @@ class SmtpTestServer:
                  refuse: Iterable[str] = (), smtputf8: bool = True,
                  cert_dir: Path | None = None, implicit_tls: bool = False,
                  faults: Faults | None = None, oauth2_tokens: dict[str, str] | None = None,
-                 pipelining: bool | None = None) -> None:
+                 pipelining: bool | None = None, auth_mechanisms: Iterable[str] = ("PLAIN", "LOGIN"),
+                 cert_names: Sequence[str] = (HOST, "localhost")) -> None:
         if tls and implicit_tls:
             raise ValueError("choose STARTTLS (tls) or SMTPS (implicit_tls), not both")
         self.tls, self.implicit_tls, self.smtputf8 = tls, implicit_tls, smtputf8
         self.auth = dict(auth) if auth is not None else None
+        self.auth_mechanisms = {m.upper() for m in auth_mechanisms}  # offered with ``auth``
+        self.cert_names = tuple(cert_names)  # the names on the server's certificate
         self.faults = faults or Faults()
         self.pipelining = self.pipelining_default if pipelining is None else pipelining
         self.oauth2_tokens = dict(oauth2_tokens or {})  # user -> the one valid access token
@@ -227,11 +232,13 @@ class SmtpTestServer:
         self.messages: list[ReceivedMessage] = []
         self.connections = self.auth_attempts = self.auth_successes = 0
         self.starttls_count = 0
+        self.auth_mechanisms_used: list[str] = []  # by each AUTH PLAIN/LOGIN, in order
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
                       mechanism: str, auth_data: Any) -> AuthResult:
         """Check PLAIN/LOGIN credentials against ``self.auth``."""
         self.auth_attempts += 1
+        self.auth_mechanisms_used.append(mechanism)
         if isinstance(auth_data, LoginPassword) and self.auth is not None:
             user = auth_data.login.decode("utf-8", "replace")
             if self.auth.get(user) == auth_data.password.decode("utf-8", "replace"):
@@ -240,7 +247,7 @@ class SmtpTestServer:
         return AuthResult(success=False, handled=False)  # handled=True would hang
 
     def _server_ssl_context(self) -> ssl.SSLContext:
-        """Make a trustme CA + cert for 127.0.0.1/localhost; write ca.pem, server.pem."""
+        """Make a trustme CA + cert for ``cert_names``; write ca.pem, server.pem."""
         if self.cert_dir is None:
             self._tmp_dir = Path(tempfile.mkdtemp(prefix="smtp-test-certs-"))
         cert_dir = self.cert_dir or self._tmp_dir
@@ -250,7 +257,7 @@ class SmtpTestServer:
         self.ca_file = cert_dir / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
         server_pem = cert_dir / "server.pem"
-        ca.issue_cert(HOST, "localhost").private_key_and_cert_chain_pem.write_to_path(
+        ca.issue_cert(*self.cert_names).private_key_and_cert_chain_pem.write_to_path(
             str(server_pem))
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(server_pem))
@@ -268,7 +275,8 @@ class SmtpTestServer:
             # auth_require_tls off: aiosmtpd only counts STARTTLS as "TLS".
             kwargs.update(authenticator=self._authenticate, auth_required=True,
                           auth_require_tls=self.tls)
-        excluded = [] if self.auth is not None else ["PLAIN", "LOGIN"]
+        offered = self.auth_mechanisms if self.auth is not None else set()
+        excluded = [m for m in ("PLAIN", "LOGIN") if m not in offered]
         excluded += [] if self.oauth2_tokens else ["XOAUTH2"]
         kwargs.update(auth_exclude_mechanism=excluded)
         self.port = free_port()
