@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -110,6 +111,15 @@ def row_hash(values: dict[str, str]) -> str:
     """A fingerprint of a row's values, to notice a list edited between runs."""
     text = json.dumps(values, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def lock_name(campaign: str) -> str:
+    """The campaign's lock file in the journal folder. A name given with
+    ``--campaign`` is any text (``../x``, ``/etc/x``, Korean, emoji): the file is
+    named by its hash, after a readable part made only of letters, digits and ``_``."""
+    readable = re.sub(r"\W+", "_", campaign).strip("_")[:40]
+    digest = hashlib.sha256(campaign.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{readable}-{digest}.lock" if readable else f"{digest}.lock"
 
 
 def journal_folder(list_path: Path) -> Path:
@@ -192,8 +202,7 @@ class Journal:
 
     def lock(self) -> None:
         """Take the campaign's lock (released by the kernel if the process dies)."""
-        path = self.folder / f"{self.campaign}.lock"
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        handle = os.open(self.folder / lock_name(self.campaign), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
