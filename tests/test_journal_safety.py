@@ -256,7 +256,7 @@ def test_journal_fsync_sets_synchronous_full_on_the_journal_of_a_send(
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 @pytest.mark.parametrize("fsync", [False, True], ids=["NORMAL", "FULL"])
 def test_journal_fsync_syncs_the_journal_once_a_message(tmp_path: Path, plain_server: SmtpTestServer, fsync: bool) -> None:
-    xlsx, template, _ = make_list(tmp_path, 40)
+    xlsx, template, _ = make_list(tmp_path, 60)
     _fsync_config(tmp_path, plain_server, fsync)
     trace = tmp_path / "syscalls.txt"
     child = subprocess.run(
@@ -267,9 +267,9 @@ def test_journal_fsync_syncs_the_journal_once_a_message(tmp_path: Path, plain_se
     if "Operation not permitted" in child.stderr and not trace.exists():
         pytest.skip("ptrace is not allowed here")
     assert child.returncode == 0, child.stderr
-    assert len(plain_server.messages) == 40
+    assert len(plain_server.messages) == 60
     syncs = trace.read_text().count("sync(")
     if fsync:
-        assert syncs >= 40, syncs  # every in-flight mark on the disk before its end of DATA
+        assert syncs >= 60, syncs  # every in-flight mark on the disk before its end of DATA
     else:
-        assert syncs < 10, syncs  # WAL checkpoints and the marker only
+        assert syncs < 20, syncs  # checkpoints and the marker: a few a run, none a message
