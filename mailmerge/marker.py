@@ -24,12 +24,9 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import MailmergeError
-
-if TYPE_CHECKING:
-    from .journal import Journal, _NoJournal
 
 _HEADER = (
     "# mailmerge: these campaigns sent messages from {list} to a real server. Keep this file:\n"
@@ -41,6 +38,17 @@ class JournalLost(MailmergeError):
     """The marker says this campaign sent messages; the journal knows nothing of it."""
 
     exit_code = 2
+
+
+class OpenedJournal(Protocol):
+    """What the check needs of a journal (:class:`~mailmerge.journal.Journal`, or
+    the stand-in :func:`~mailmerge.journal.open_view` gives when there is none)."""
+
+    campaign: str
+    path: Path
+    found: str  # what was there before it was opened: "missing", "empty" or "kept"
+
+    def knows_campaign(self) -> bool: ...
 
 
 class SentMarker:
@@ -95,7 +103,7 @@ class SentMarker:
         self._recorded.add(campaign)
 
 
-def check_journal_kept(journal: Journal | _NoJournal, marker: SentMarker) -> None:
+def check_journal_kept(journal: OpenedJournal, marker: SentMarker) -> None:
     """Stop (:class:`JournalLost`) when the marker says ``journal``'s campaign
     already sent messages but the journal has no trace of the campaign: it was
     deleted, emptied or replaced, and a send would go to everyone again."""

@@ -5,7 +5,6 @@ a real SMTP server on 127.0.0.1; real files broken on purpose."""
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import sqlite3
@@ -26,11 +25,6 @@ def make_list(folder: Path, count: int) -> tuple[Path, Path, list[str]]:
     addresses = [f"member{i:03d}@example.com" for i in range(count)]
     xlsx = write_xlsx(folder / "list.xlsx", ("name", "email"), [(f"Member {i}", a) for i, a in enumerate(addresses)])
     return xlsx, write_template(folder / "news.txt", TEMPLATE), addresses
-
-
-def report_states(folder: Path) -> dict[str, str]:
-    with (folder / "list.report.csv").open(encoding="utf-8-sig", newline="") as handle:
-        return {row["address"]: row["status"] for row in csv.DictReader(handle)}
 
 
 def one_error_line(stderr: str) -> str:
