@@ -24,7 +24,8 @@ from .archive import collect_bounces, imap_config, parse_since, save_sent_copies
 from .credentials import find_imap_secret, find_secret, forget_password, store_password
 from .imap import ImapSession
 from .errors import ConfigError, InputError, MailmergeError
-from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_view
+from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_to_send, open_view
+from .marker import SentMarker, check_journal_kept
 from .merge import (
     MergeResult, Plan, Work, campaign_outcomes, count_work, plan_merge, rendered_rows, send_merge, send_test,
 )
@@ -222,18 +223,19 @@ def send(
     if outbox is not None and outbox.exists() and not outbox.is_dir():
         ui.fail(InputError(f"--outbox {outbox} is a file: give a folder (it is made when missing)"))
     folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
+    marker = SentMarker(list_path) if outbox is None else None  # only a real send leaves this evidence
     if dry_run:
-        _dry_run(ui, plan, folder, name, resend_unknown)
+        _dry_run(ui, plan, folder, name, resend_unknown, marker)
     if test_to is not None:
         _test_send(ui, settings, plan, test_to, limit, yes, verbose)
-    with ui.run(lambda: Journal(folder, name, fsync=settings.send.journal_fsync)) as journal:
-        ui.run(journal.lock)
+    with ui.run(lambda: open_to_send(folder, name, fsync=settings.send.journal_fsync,
+                                     marker=marker, restart=restart)) as journal:
         if restart:
             if not yes and not (sys.stdin.isatty() and typer.confirm("Forget what this campaign sent and send every row again?")):
                 ui.fail(InputError("--restart needs a confirmation: answer yes, or add --yes"))
-            journal.restart()
-        journal.register(list_path, plan.template.path)
-        recovered = journal.recover()
+            ui.run(journal.restart)
+        ui.run(lambda: journal.register(list_path, plan.template.path))
+        recovered = ui.run(journal.recover)
         work = ui.run(lambda: count_work(plan, journal, resend_unknown=resend_unknown))
         _say_where_we_are(ui, journal, list_path, work, recovered)
         report_path = report or default_report_path(list_path)
@@ -303,8 +305,10 @@ def _confirm(ui: Ui, yes: bool, question: str) -> None:
         raise typer.Exit(EXIT_OK)
 
 
-def _dry_run(ui: Ui, plan: Plan, folder: Path, name: str, resend_unknown: bool) -> NoReturn:
-    with open_view(folder, name) as view:
+def _dry_run(ui: Ui, plan: Plan, folder: Path, name: str, resend_unknown: bool, marker: SentMarker | None) -> NoReturn:
+    with ui.run(lambda: open_view(folder, name)) as view:
+        if marker is not None:  # the send would stop: say so now
+            ui.run(lambda: check_journal_kept(view, marker))
         work = ui.run(lambda: count_work(plan, view, resend_unknown=resend_unknown))
     if ui.json:
         ui.emit({"dry_run": True, "counts": {"rows": work.rows, "to_send": work.to_send, "already_sent": work.done,
@@ -450,11 +454,13 @@ def status(
     _, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
     name = campaign_id(list_path, plan.template.text, campaign)
     folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
-    with open_view(folder, name) as view:
-        summary = Summary.of(campaign_outcomes(plan, view))
+    with ui.run(lambda: open_view(folder, name)) as view:
+        if outbox is None:  # counts from a lost journal would say "not sent yet" to rows that were sent
+            ui.run(lambda: check_journal_kept(view, SentMarker(list_path)))
+        summary = ui.run(lambda: Summary.of(campaign_outcomes(plan, view)))
         if ui.json:
             ui.emit({"campaign": name, "rows": len(plan.recipients), "counts": counts_json(summary),
-                     "entries": rows_json(campaign_outcomes(plan, view))})
+                     "entries": ui.run(lambda: rows_json(campaign_outcomes(plan, view)))})
             return
     ui.say(f"campaign {name}: {len(plan.recipients)} rows")
     for state in Status:
@@ -534,7 +540,8 @@ def bounces(
         ui.fail(ConfigError("bounces needs [imap] in mailmerge.toml (host or provider, username)"))
     when = ui.run(lambda: parse_since(since))
     name = campaign_id(list_path, plan.template.text, campaign)
-    with Journal(journal_folder(list_path), name) as journal:
+    with ui.run(lambda: Journal(journal_folder(list_path), name)) as journal:
+        ui.run(lambda: check_journal_kept(journal, SentMarker(list_path)))  # or the report would say "not sent yet"
         session = _imap_session(ui, settings, verbose)
         try:
             found = ui.run(lambda: collect_bounces(journal, session, when, move_to=move_to))

@@ -21,6 +21,7 @@ import pytest
 from conftest import PASSWORD, USER, run_cli, write_config, write_template, write_xlsx
 from smtp_server import Faults, SmtpTestServer
 
+from mailmerge.config import load_config
 from mailmerge.journal import JOURNAL_FILE, Journal, campaign_id
 
 
@@ -374,3 +375,93 @@ def test_several_connections_share_the_work_and_one_journal(tmp_path: Path) -> N
     states = report_states(tmp_path)
     assert states[addresses[7]] == "refused" and list(states.values()).count("sent") == 59
     assert "sent 59, refused 1, invalid 0" in run.stdout
+
+
+# --- the backoff schedules a send really uses ------------------------------------
+
+
+def _set_send(config: Path, **settings: object) -> None:
+    """Replace the fixture's quick test delays in [send] with these settings."""
+    lines = [line for line in config.read_text().splitlines() if not line.startswith(("reconnect_", "retry_"))]
+    extra = [f"{key} = {value}" for key, value in settings.items()]
+    at = lines.index("[send]") + 1
+    config.write_text("\n".join(lines[:at] + extra + lines[at:]) + "\n")
+
+
+def test_reconnections_wait_longer_and_longer_up_to_the_maximum(tmp_path: Path) -> None:
+    xlsx, template, _ = make_list(tmp_path, 2)
+    with SmtpTestServer(faults=Faults(drop_after=0)) as server:  # every session drops at its first MAIL
+        _set_send(write_config(tmp_path, server, security="none", username=None),
+                  reconnect_delay=0.1, reconnect_max_delay=0.3, reconnect_attempts=5)
+        connected: list[float] = []
+
+        def watch() -> None:  # when the server sees each new connection
+            while not stop.is_set():
+                if server.connections > len(connected):
+                    connected.append(time.monotonic())
+                time.sleep(0.001)
+
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+        stop.set()
+        watcher.join()
+
+    assert run.exit_code == 1 and "gave up after 5 reconnection attempts" in run.stderr
+    assert server.connections == len(connected) == 6  # the first, then 5 attempts
+    gaps = [b - a for a, b in zip(connected, connected[1:])]
+    for gap, delay in zip(gaps, [0.1, 0.2, 0.3, 0.3, 0.3]):  # doubling, then capped
+        assert delay * 0.95 <= gap <= delay + 0.3, gaps  # (a reconnection itself takes some ms)
+
+
+def test_the_default_reconnection_delay_is_a_second(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 2)
+    with SmtpTestServer(faults=Faults(drop_after=1)) as server:  # one message a session, then a drop
+        _set_send(write_config(tmp_path, server, security="none", username=None))  # no delays set
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert run.exit_code == 0, run.output
+    assert server.recipients() == addresses
+    first, second = (m.received_at for m in server.messages)
+    assert 1.0 <= second - first < 2.0  # not at once: a server that is struggling gets a second
+
+
+class _AskedAt(set[str]):
+    """A set of addresses the test server defers, noting when it is asked about each."""
+
+    times: list[float]
+
+    def __contains__(self, address: object) -> bool:
+        found = super().__contains__(address)
+        if found:
+            self.times.append(time.monotonic())
+        return found
+
+
+def test_a_deferred_address_is_retried_after_longer_and_longer_waits(tmp_path: Path) -> None:
+    xlsx, template, addresses = make_list(tmp_path, 1)
+    deferred = _AskedAt({addresses[0]})
+    deferred.times = []
+    with SmtpTestServer(faults=Faults()) as server:
+        server.faults.defer = deferred  # 451 every time
+        _set_send(write_config(tmp_path, server, security="none", username=None),
+                  retry_delay=0.1, retry_max_delay=10, retry_attempts=3)
+        run = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert run.exit_code == 3 and "deferred 1" in run.stdout
+    gaps = [b - a for a, b in zip(deferred.times, deferred.times[1:])]
+    assert len(gaps) == 3, gaps  # the first try, then 3 retries
+    for gap, delay in zip(gaps, [0.1, 0.2, 0.4]):
+        assert delay * 0.95 <= gap <= delay + 0.3, gaps
+
+
+def test_the_default_backoff_schedules(tmp_path: Path) -> None:
+    config = tmp_path / "mailmerge.toml"
+    config.write_text('[smtp]\nhost = "127.0.0.1"\n', encoding="utf-8")
+    settings = load_config(config).send
+
+    assert [settings.reconnect.delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert settings.reconnect.attempts == 5
+    assert [settings.retry.delay(n) for n in range(1, 6)] == [30, 60, 120, 240, 480]
+    assert settings.retry.attempts == 3
