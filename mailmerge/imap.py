@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import datetime
 import email.errors
+import email.header
 import email.policy
 import email.utils
 import imaplib
@@ -35,7 +36,7 @@ import re
 import socket
 import ssl
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, HeaderParser
 from pathlib import Path
@@ -66,14 +67,33 @@ class ImapConfig:
 
 
 @dataclass(frozen=True)
+class MailInfo:
+    """What a mail says of itself: enough for a person to find it in the inbox.
+    A stranger's text: escape it before showing it on a terminal."""
+
+    date: str = ""  # its Date header
+    sender: str = ""  # its From header
+    subject: str = ""
+
+
+@dataclass(frozen=True)
 class Bounce:
-    """One recipient that a bounce message says could not be reached."""
+    """One recipient that a mail says could not be reached.
+
+    Anyone can send a mail that says so. Only a delivery report (``report``)
+    that references a message we sent (``references``) to that recipient is
+    proof; archive.py checks that against the journal.
+    """
 
     uid: str  # the bounce's UID in the folder searched ("" from parse_bounce alone)
     recipient: str  # e.g. "x@example.net"
     status: str  # RFC 3463 status code, e.g. "5.1.1"
     diagnostic: str  # what the server said, e.g. "smtp; 550 5.1.1 <x@y>: user unknown"
-    original_message_id: str | None  # the Message-ID of the message that bounced, "<...>"
+    # The Message-IDs ("<...>") of the messages it says bounced: from the attached
+    # original (message/rfc822 or text/rfc822-headers), In-Reply-To and References.
+    references: tuple[str, ...] = ()
+    report: bool = False  # from a delivery status report (RFC 3464), not guessed from a text
+    mail: MailInfo = field(default=MailInfo(), compare=False)  # the mail it came in
 
 
 # Folder names that mean "Sent" when no folder carries the \Sent attribute,
@@ -558,7 +578,7 @@ def _parse_raw(raw: bytes) -> list[Bounce]:
 # --- 4. bounces --------------------------------------------------------------------
 
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_MESSAGE_ID = re.compile(r"<[^<>\s]+@[^<>\s]+>|<[^<>\s]+>")
+_MESSAGE_ID = re.compile(r"<\s*([^<>\s]+)\s*>")
 _ADDRESS = r"[^\s<>()\"',;:]+@[^\s<>()\"',;:]+[^\s<>()\"',;:.]"
 _BOUNCE_SENDERS = ("mailer-daemon", "mailerdaemon", "mail-daemon", "postmaster")
 _BOUNCE_SUBJECTS = ("delivery status notification (failure)", "undelivered mail returned to sender",
@@ -577,15 +597,21 @@ def parse_bounce(message: EmailMessage) -> list[Bounce]:
     not failures. A bounce without that part (old Gmail, Sendmail, qmail...)
     is recognised by its sender, subject or ``X-Failed-Recipients`` header,
     and read from its text. Ordinary replies are never bounces.
+
+    Only the first kind has ``report`` set, and ``references`` come only from
+    where a report puts them: a mail's text and subject prove nothing.
     """
     report = next((part for part in _own_parts(message)
                    if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status")),
                   None)
     if report is not None:
-        return _from_delivery_status(message, report)
-    if _looks_like_bounce(message):
-        return _from_text(message)
-    return []
+        bounces = _from_delivery_status(message, report)
+    elif _looks_like_bounce(message):
+        bounces = _from_text(message)
+    else:
+        return []
+    mail = _mail_info(message)
+    return [replace(bounce, mail=mail) for bounce in bounces]
 
 
 def _own_parts(message: Message) -> Iterator[Message]:
@@ -624,8 +650,7 @@ def _report_fields(report: Message) -> list[Message]:
 def _from_delivery_status(message: EmailMessage, report: Message) -> list[Bounce]:
     """The failed recipients of an RFC 3464 report."""
     blocks = _report_fields(report)
-    per_message = blocks[0] if blocks else Message()
-    original = _original_message_id(message) or _bracketed(per_message.get("X-Original-Message-ID"))
+    references = _references(message)
     bounces = []
     for block in blocks[1:]:
         recipient = _address_field(block.get("Final-Recipient") or block.get("Original-Recipient"))
@@ -636,7 +661,7 @@ def _from_delivery_status(message: EmailMessage, report: Message) -> list[Bounce
         if not (failed and recipient):
             continue
         diagnostic = _one_line(block.get("Diagnostic-Code")) or _text_diagnostic(_body_text(message), recipient)
-        bounces.append(Bounce("", recipient, status or "5.0.0", diagnostic, original))
+        bounces.append(Bounce("", recipient, status or "5.0.0", diagnostic, references, report=True))
     return bounces
 
 
@@ -648,33 +673,46 @@ def _address_field(value: object) -> str:
     return text.strip().strip("<>").strip()
 
 
-def _bracketed(value: object) -> str | None:
-    """The first ``<id>`` in a header value, or None."""
-    match = _MESSAGE_ID.search(str(value or ""))
-    return match.group() if match else None
+def _message_ids(value: object) -> list[str]:
+    """Every ``<id>`` in a header value, as ``<id>`` (spaces inside the
+    brackets dropped; the case kept: it matters)."""
+    return ["<" + found + ">" for found in _MESSAGE_ID.findall(str(value or ""))]
 
 
-def _original_message_id(message: EmailMessage) -> str | None:
-    """The Message-ID of the message that bounced: from the attached original
-    (message/rfc822 or text/rfc822-headers), else a ``Message-ID:`` line in
-    the text, else the bounce's In-Reply-To, else its References (last)."""
+def _references(message: EmailMessage) -> tuple[str, ...]:
+    """The Message-IDs of the messages ``message`` says bounced, from where a
+    delivery report puts them: the attached original (message/rfc822 or
+    text/rfc822-headers), then In-Reply-To, then References (last first).
+    Never from its text, in which anyone can quote anything."""
+    found: list[str] = []
     for part in _own_parts(message):
         kind = part.get_content_type()
         if kind in ("message/rfc822", "message/global"):
             inner = part.get_payload()
             if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-                found = _bracketed(inner[0].get("Message-ID"))
-                if found:
-                    return found
+                found += _message_ids(inner[0].get("Message-ID"))[:1]
         elif kind in ("text/rfc822-headers", "message/global-headers"):
-            found = _bracketed(HeaderParser().parsestr(_decoded(part), headersonly=True).get("Message-ID"))
-            if found:
-                return found
-    in_text = re.search(r"^[ \t>]*Message-ID:[ \t]*(<[^<>\s]+>)", _body_text(message), re.MULTILINE | re.IGNORECASE)
-    if in_text:
-        return in_text.group(1)
-    references = _MESSAGE_ID.findall(str(message.get("References", "")))
-    return _bracketed(message.get("In-Reply-To")) or (references[-1] if references else None)
+            headers = HeaderParser().parsestr(_decoded(part), headersonly=True)
+            found += _message_ids(headers.get("Message-ID"))[:1]
+    found += _message_ids(message.get("In-Reply-To"))
+    found += reversed(_message_ids(message.get("References")))
+    return tuple(dict.fromkeys(found))
+
+
+def _mail_info(message: EmailMessage) -> MailInfo:
+    """The Date, From and Subject of ``message`` as it wrote them (encoded
+    words decoded), each on one line. Not the email package's parsed form:
+    a broken From header would lose its address there."""
+    def header(name: str) -> str:
+        raw = next((value for key, value in message.raw_items() if key.lower() == name.lower()), "")
+        text = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # raw UTF-8 headers
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except (email.errors.MessageError, ValueError, LookupError):
+            pass  # an encoded word that does not decode: shown as it is
+        return _one_line(text)
+
+    return MailInfo(date=header("Date"), sender=header("From"), subject=header("Subject"))
 
 
 def _decoded(part: Message) -> str:
@@ -718,14 +756,14 @@ def _from_text(message: EmailMessage) -> list[Bounce]:
     text = _body_text(message)
     named = [address for address in re.findall(_ADDRESS, str(message.get("X-Failed-Recipients", "")))]
     recipients = list(dict.fromkeys(named or _text_recipients(text)))
-    original = _original_message_id(message)
+    references = _references(message)
     bounces = []
     for recipient in recipients:
         diagnostic = _text_diagnostic(text, recipient)
         status_match = _STATUS.search(diagnostic) or _STATUS.search(text)
         status = status_match.group(1) if status_match else "5.0.0"
         if status.startswith("5"):  # 4.x.x: only delayed, it may still arrive
-            bounces.append(Bounce("", recipient, status, diagnostic, original))
+            bounces.append(Bounce("", recipient, status, diagnostic, references))
     return bounces
 
 
