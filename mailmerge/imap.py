@@ -101,7 +101,14 @@ class Bounce:
 SENT_NAMES = ("Sent", "Sent Items", "Sent Messages", "Sent Mail", "보낸메일함", "보낸편지함")
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-FETCH_BATCH = 100  # messages per UID FETCH in find_bounces
+FETCH_BATCH = 50  # messages per UID FETCH in find_bounces
+# find_bounces reads only the start of each message: a bounce is far smaller,
+# and the original it quotes begins with its headers.
+BOUNCE_BYTES = 1 << 20
+# The most mailmerge reads in answer to one command (a batch of message starts
+# fits with room to spare). More means the server misbehaves: without a limit
+# it could announce gigabytes and have them allocated.
+MAX_REPLY_BYTES = 64 << 20
 
 
 # --- 1. mailbox names ------------------------------------------------------------
@@ -206,32 +213,55 @@ def find_sent_by_name(mailboxes: list[Mailbox]) -> str | None:
 # --- 2. the conversation log -----------------------------------------------------
 
 
+class _ReplyTooBig(Exception):
+    """The server sent more than MAX_REPLY_BYTES in answer to one command."""
+
+    def __init__(self, piece: int) -> None:
+        super().__init__(piece)
+        self.piece = piece  # the size of the line or literal that went over
+
+
 class _Conversation:
     """Mixin for imaplib's classes: tell ``log`` every line sent and received,
     with the password of LOGIN (or an AUTHENTICATE exchange) masked and a
-    message's content summed up in one line."""
+    message's content summed up in one line; and read no more than
+    :data:`MAX_REPLY_BYTES` in answer to one command (imaplib itself limits
+    only the length of a line, not a literal)."""
 
     log: Callable[[str], None] | None = None
     _masking = False  # inside AUTHENTICATE: client lines are secrets
+    _received = 0  # bytes read since the last command went out
 
     def __init__(self, *args: Any, log: Callable[[str], None] | None = None, **kwargs: Any) -> None:
         self.log = log  # set first: the constructor already reads the greeting
         super().__init__(*args, **kwargs)
 
     def send(self, data: Any) -> None:  # bytes; typed as imaplib's own
+        self._received = 0
         if self.log is not None:
             described = self._describe(bytes(data))
             if described:
                 self.log("C: " + described)
         super().send(data)  # type: ignore[misc]
 
+    def read(self, size: int) -> bytes:
+        self._count(size)  # before reading: the size is the server's word, and it may be gigabytes
+        data: bytes = super().read(size)  # type: ignore[misc]
+        return data
+
     def readline(self) -> bytes:
         line: bytes = super().readline()  # type: ignore[misc]
+        self._count(len(line))
         if not line.startswith(b"+"):
             self._masking = False
         if self.log is not None:
             self.log("S: " + line.decode("utf-8", "replace").rstrip("\r\n"))
         return line
+
+    def _count(self, size: int) -> None:
+        self._received += size
+        if self._received > MAX_REPLY_BYTES:
+            raise _ReplyTooBig(size)
 
     def _describe(self, data: bytes) -> str:
         """One line for the log about ``data`` ("" for a bare line end)."""
@@ -258,6 +288,14 @@ class _IMAP4(_Conversation, imaplib.IMAP4):
 
 class _IMAP4_SSL(_Conversation, imaplib.IMAP4_SSL):
     pass
+
+
+def _too_big(where: str, what: str, error: _ReplyTooBig) -> ImapError:
+    """The error for a server that sent more than MAX_REPLY_BYTES."""
+    limit = MAX_REPLY_BYTES >> 20
+    return ImapError(f"{where} sent or announced more than {limit} MB while trying to {what} (the last piece alone: "
+                     f"{error.piece:,} bytes), so mailmerge stopped reading: it reads at most {limit} MB "
+                     "per answer. The IMAP server is misbehaving: try again later, or tell its administrator.")
 
 
 def _error_text(error: BaseException) -> str:
@@ -341,6 +379,9 @@ class ImapSession:
         except ImapError:
             self.abort()
             raise
+        except _ReplyTooBig as error:
+            self.abort()
+            raise _too_big(self.where, "connect and log in", error) from None
         except ssl.SSLCertVerificationError as error:
             self.abort()
             raise ImapError(
@@ -446,6 +487,9 @@ class ImapSession:
             raise ImapError("the IMAP session is not open")
         try:
             typ, data = run(self._imap)
+        except _ReplyTooBig as error:
+            self.abort()
+            raise _too_big(self.where, what, error) from None
         except imaplib.IMAP4.abort as error:
             self.abort()
             raise ImapError(f"the connection to {self.where} broke while trying to {what}: "
@@ -509,7 +553,8 @@ class ImapSession:
     def find_bounces(self, since: datetime.date, folder: str = "INBOX") -> list[Bounce]:
         """The failed recipients of every bounce in ``folder`` that arrived
         on or after ``since``. Read-only: EXAMINE and BODY.PEEK[], so no
-        message gets marked as read."""
+        message gets marked as read. Reads the first :data:`BOUNCE_BYTES` of
+        each message, :data:`FETCH_BATCH` messages at a time."""
         self._select(folder, readonly=True)
         self._examined = folder
         data = self._command(f"search '{folder}'", lambda imap: imap.uid("SEARCH", "SINCE", imap_date(since)))
@@ -520,9 +565,10 @@ class ImapSession:
         return bounces
 
     def _bounces_in(self, folder: str, uid_set: str) -> list[Bounce]:
-        """FETCH BODY.PEEK[] (which leaves \\Seen alone) of ``uid_set``; their bounces."""
+        """FETCH BODY.PEEK[] (which leaves \\Seen alone) of ``uid_set``, the
+        first BOUNCE_BYTES of each; their bounces."""
         fetched = self._command(f"read messages in '{folder}'",
-                                lambda imap: imap.uid("FETCH", uid_set, "(BODY.PEEK[])"))
+                                lambda imap: imap.uid("FETCH", uid_set, f"(BODY.PEEK[]<0.{BOUNCE_BYTES}>)"))
         return [replace(bounce, uid=uid) for uid, raw in _fetched_bodies(fetched) for bounce in _parse_raw(raw)]
 
     def move(self, uids: list[str], folder: str, *, source: str | None = None) -> None:
@@ -553,7 +599,7 @@ def _flagged_sent(mailboxes: list[Mailbox]) -> str | None:
 
 def _fetched_bodies(data: list[Any]) -> Iterator[tuple[str, bytes]]:
     """(uid, raw message) from a UID FETCH ... (BODY.PEEK[]) reply. imaplib
-    gives (b'7 (UID 42 BODY[] {1234}', raw) tuples; the UID may also come
+    gives (b'7 (UID 42 BODY[]<0> {1234}', raw) tuples; the UID may also come
     after the literal, in the bytes item that follows."""
     for index, item in enumerate(data):
         if not isinstance(item, tuple):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, USER
+
+import mailmerge.imap
 from imap_server import DovecotServer, dovecot_binary
 
 from mailmerge.imap import (
@@ -387,6 +389,23 @@ def test_find_bounces_returns_failed_recipients_and_marks_nothing_read(
     assert any(" EXAMINE " in line for line in lines)
     assert not any(" STORE " in line or " SELECT " in line for line in lines)
     assert not any("(the message" in line for line in lines)  # bodies are not logged
+
+
+@needs_dovecot
+def test_a_big_mail_in_the_inbox_is_read_only_in_part(
+        make_server: type[DovecotServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """find_bounces reads the first BOUNCE_BYTES (1 MB) of each message: a
+    6 MB mail beside a bounce stays within a reply limit lowered to 4 MB for
+    this test, and the bounce is still found."""
+    monkeypatch.setattr(mailmerge.imap, "MAX_REPLY_BYTES", 4 << 20)
+    server = make_server(users={USER: PASSWORD}).start()
+    line = b"x" * 76 + b"\r\n"
+    server.put("INBOX", b"From: a@example.org\r\nSubject: holiday photos\r\n"
+                        b"Date: Thu, 27 Nov 2025 10:00:00 +0900\r\n\r\n" + line * ((6 << 20) // len(line)))
+    server.put("INBOX", (DSN / "postfix.eml").read_bytes())
+    with ImapSession(config_for(server), PASSWORD) as imap:
+        bounces = imap.find_bounces(since=dt.date(2025, 11, 1))
+    assert [(b.recipient, b.references) for b in bounces] == [("zoe@example.fr", ("<123.458@example.com>",))]
 
 
 @needs_dovecot
