@@ -6,6 +6,12 @@ Both use the journal so that nothing is done twice: a copy is appended once,
 even across runs and resumes; a bounce marks its address ``bounced``, which a
 later ``send`` never sends again. The copy is the message that went out: it is
 rendered again with the Message-ID and Date the journal kept.
+
+Anyone can put a mail in the inbox that looks like a bounce. Only a delivery
+status report that references a message this campaign sent (by its exact
+Message-ID, which only that message's recipients and their servers ever saw)
+to the recipient it names marks that address; anything weaker is only listed
+as a possible bounce, for the person to look at.
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ class BounceResult:
     """What :func:`collect_bounces` found."""
 
     matched: list[tuple[Bounce, list[int]]] = field(default_factory=list)  # bounce, rows it marked
-    unmatched: list[Bounce] = field(default_factory=list)  # about messages of another campaign
+    possible: list[tuple[Bounce, str]] = field(default_factory=list)  # not applied, and why not
 
 
 def collect_bounces(
@@ -90,19 +96,46 @@ def collect_bounces(
 ) -> BounceResult:
     """Read the inbox (never marking anything read), mark each bounced address
     of this campaign ``bounced`` with the status and diagnostic, and with
-    ``move_to`` move the bounces that matched into that folder."""
+    ``move_to`` move the bounces that matched into that folder.
+
+    A bounce is applied only when it is a delivery status report referencing
+    a message this campaign sent to the address it names; every other one is
+    returned in ``possible`` with the reason, and changes nothing."""
     result = BounceResult()
     for bounce in session.find_bounces(since):
-        code = _smtp_code(bounce.diagnostic)
-        reason = f"bounced: {bounce.status} {bounce.diagnostic}".strip()
-        entries = journal.mark_bounced(bounce.original_message_id, bounce.recipient, code, reason)
-        if entries:
-            result.matched.append((bounce, sorted({e.row for e in entries})))
+        rows = _apply(journal, bounce) if bounce.report else []
+        if rows:
+            result.matched.append((bounce, rows))
+        elif not bounce.report:
+            result.possible.append((bounce, "not a delivery status report"))
         else:
-            result.unmatched.append(bounce)
+            result.possible.append((bounce, "it references no message this campaign sent to that address"))
     if move_to and result.matched:
         session.move(sorted({b.uid for b, _ in result.matched}), move_to)
     return result
+
+
+def _apply(journal: Journal, bounce: Bounce) -> list[int]:
+    """Mark ``bounce.recipient`` bounced on the message it references, if
+    this campaign sent one to that address; the rows marked."""
+    code = _smtp_code(bounce.diagnostic)
+    reason = visible(f"bounced: {bounce.status} {bounce.diagnostic}".strip())  # shown by status and the report
+    for message_id in bounce.references:
+        # Never without a Message-ID: mark_bounced would then mark the address alone.
+        entries = journal.mark_bounced(message_id, bounce.recipient, code, reason) if message_id else []
+        if entries:
+            return sorted({e.row for e in entries})
+    return []
+
+
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (ESC and the
+    other C0 and C1 codes, DEL) shown as ``\\x1b`` and so on, never obeyed.
+    For what a mail says of itself (a stranger's text)."""
+    return _INVISIBLE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _smtp_code(diagnostic: str) -> int | None:

@@ -20,7 +20,7 @@ import typer
 
 from . import __version__
 from .config import Config, SendConfig, SmtpConfig, find_config, load_config
-from .archive import collect_bounces, imap_config, parse_since, save_sent_copies
+from .archive import collect_bounces, imap_config, parse_since, save_sent_copies, visible
 from .credentials import find_imap_secret, find_secret, forget_password, store_password
 from .imap import ImapSession
 from .errors import ConfigError, InputError, MailmergeError
@@ -549,18 +549,30 @@ def bounces(
             session.close()
         report_path = report or default_report_path(list_path)
         summary = write_report(report_path, campaign_outcomes(plan, journal))
+    # Everything below that comes from a mail is a stranger's text: visible() keeps
+    # its control characters from acting on the terminal.
     for bounce, rows in found.matched:
-        ui.note(f"row {', '.join(map(str, rows))}: bounced {bounce.recipient}: {bounce.status} {bounce.diagnostic}", style=None)
+        ui.note(f"row {', '.join(map(str, rows))}: bounced {visible(bounce.recipient)}: "
+                f"{visible(bounce.status)} {visible(bounce.diagnostic)}", style=None)
+    for bounce, why in found.possible:
+        mail = bounce.mail
+        ui.note(f"possible bounce, not applied: {visible(bounce.recipient)} ({why}): the mail from "
+                f"{visible(mail.sender) or '(no From)'}, {visible(mail.date) or '(no Date)'}, "
+                f"subject \"{visible(mail.subject)}\"", style=None)
     if ui.json:
         ui.emit({
-            "since": when.isoformat(), "bounces": len(found.matched), "other_bounces": len(found.unmatched),
-            "counts": counts_json(summary), "report": str(report_path),
-            "bounced": [{"rows": rows, "address": b.recipient, "status": b.status, "diagnostic": b.diagnostic}
-                        for b, rows in found.matched],
+            "since": when.isoformat(), "bounces": len(found.matched), "counts": counts_json(summary),
+            "report": str(report_path),
+            "bounced": [{"rows": rows, "address": visible(b.recipient), "status": visible(b.status),
+                         "diagnostic": visible(b.diagnostic)} for b, rows in found.matched],
+            "possible_bounces": [{"address": visible(b.recipient), "why": why, "from": visible(b.mail.sender),
+                                  "date": visible(b.mail.date), "subject": visible(b.mail.subject)}
+                                 for b, why in found.possible],
         })
     else:
         ui.say(f"{len(found.matched)} bounces of this campaign since {when.isoformat()}"
-               + (f" ({len(found.unmatched)} about other mail)" if found.unmatched else ""))
+               + (f"; {len(found.possible)} possible bounces not applied (listed above): look at them "
+                  "in the inbox" if found.possible else ""))
         ui.say(summary.line())
         ui.say(f"report: {report_path}")
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import datetime
 import email.errors
+import email.header
 import email.policy
 import email.utils
 import imaplib
@@ -35,7 +36,7 @@ import re
 import socket
 import ssl
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, HeaderParser
 from pathlib import Path
@@ -66,14 +67,33 @@ class ImapConfig:
 
 
 @dataclass(frozen=True)
+class MailInfo:
+    """What a mail says of itself: enough for a person to find it in the inbox.
+    A stranger's text: escape it before showing it on a terminal."""
+
+    date: str = ""  # its Date header
+    sender: str = ""  # its From header
+    subject: str = ""
+
+
+@dataclass(frozen=True)
 class Bounce:
-    """One recipient that a bounce message says could not be reached."""
+    """One recipient that a mail says could not be reached.
+
+    Anyone can send a mail that says so. Only a delivery report (``report``)
+    that references a message we sent (``references``) to that recipient is
+    proof; archive.py checks that against the journal.
+    """
 
     uid: str  # the bounce's UID in the folder searched ("" from parse_bounce alone)
     recipient: str  # e.g. "x@example.net"
     status: str  # RFC 3463 status code, e.g. "5.1.1"
     diagnostic: str  # what the server said, e.g. "smtp; 550 5.1.1 <x@y>: user unknown"
-    original_message_id: str | None  # the Message-ID of the message that bounced, "<...>"
+    # The Message-IDs ("<...>") of the messages it says bounced: from the attached
+    # original (message/rfc822 or text/rfc822-headers), In-Reply-To and References.
+    references: tuple[str, ...] = ()
+    report: bool = False  # from a delivery status report (RFC 3464), not guessed from a text
+    mail: MailInfo = field(default=MailInfo(), compare=False)  # the mail it came in
 
 
 # Folder names that mean "Sent" when no folder carries the \Sent attribute,
@@ -81,7 +101,14 @@ class Bounce:
 SENT_NAMES = ("Sent", "Sent Items", "Sent Messages", "Sent Mail", "보낸메일함", "보낸편지함")
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-FETCH_BATCH = 100  # messages per UID FETCH in find_bounces
+FETCH_BATCH = 50  # messages per UID FETCH in find_bounces
+# find_bounces reads only the start of each message: a bounce is far smaller,
+# and the original it quotes begins with its headers.
+BOUNCE_BYTES = 1 << 20
+# The most mailmerge reads in answer to one command (a batch of message starts
+# fits with room to spare). More means the server misbehaves: without a limit
+# it could announce gigabytes and have them allocated.
+MAX_REPLY_BYTES = 64 << 20
 
 
 # --- 1. mailbox names ------------------------------------------------------------
@@ -186,32 +213,55 @@ def find_sent_by_name(mailboxes: list[Mailbox]) -> str | None:
 # --- 2. the conversation log -----------------------------------------------------
 
 
+class _ReplyTooBig(Exception):
+    """The server sent more than MAX_REPLY_BYTES in answer to one command."""
+
+    def __init__(self, piece: int) -> None:
+        super().__init__(piece)
+        self.piece = piece  # the size of the line or literal that went over
+
+
 class _Conversation:
     """Mixin for imaplib's classes: tell ``log`` every line sent and received,
     with the password of LOGIN (or an AUTHENTICATE exchange) masked and a
-    message's content summed up in one line."""
+    message's content summed up in one line; and read no more than
+    :data:`MAX_REPLY_BYTES` in answer to one command (imaplib itself limits
+    only the length of a line, not a literal)."""
 
     log: Callable[[str], None] | None = None
     _masking = False  # inside AUTHENTICATE: client lines are secrets
+    _received = 0  # bytes read since the last command went out
 
     def __init__(self, *args: Any, log: Callable[[str], None] | None = None, **kwargs: Any) -> None:
         self.log = log  # set first: the constructor already reads the greeting
         super().__init__(*args, **kwargs)
 
     def send(self, data: Any) -> None:  # bytes; typed as imaplib's own
+        self._received = 0
         if self.log is not None:
             described = self._describe(bytes(data))
             if described:
                 self.log("C: " + described)
         super().send(data)  # type: ignore[misc]
 
+    def read(self, size: int) -> bytes:
+        self._count(size)  # before reading: the size is the server's word, and it may be gigabytes
+        data: bytes = super().read(size)  # type: ignore[misc]
+        return data
+
     def readline(self) -> bytes:
         line: bytes = super().readline()  # type: ignore[misc]
+        self._count(len(line))
         if not line.startswith(b"+"):
             self._masking = False
         if self.log is not None:
             self.log("S: " + line.decode("utf-8", "replace").rstrip("\r\n"))
         return line
+
+    def _count(self, size: int) -> None:
+        self._received += size
+        if self._received > MAX_REPLY_BYTES:
+            raise _ReplyTooBig(size)
 
     def _describe(self, data: bytes) -> str:
         """One line for the log about ``data`` ("" for a bare line end)."""
@@ -238,6 +288,14 @@ class _IMAP4(_Conversation, imaplib.IMAP4):
 
 class _IMAP4_SSL(_Conversation, imaplib.IMAP4_SSL):
     pass
+
+
+def _too_big(where: str, what: str, error: _ReplyTooBig) -> ImapError:
+    """The error for a server that sent more than MAX_REPLY_BYTES."""
+    limit = MAX_REPLY_BYTES >> 20
+    return ImapError(f"{where} sent or announced more than {limit} MB while trying to {what} (the last piece alone: "
+                     f"{error.piece:,} bytes), so mailmerge stopped reading: it reads at most {limit} MB "
+                     "per answer. The IMAP server is misbehaving: try again later, or tell its administrator.")
 
 
 def _error_text(error: BaseException) -> str:
@@ -321,6 +379,9 @@ class ImapSession:
         except ImapError:
             self.abort()
             raise
+        except _ReplyTooBig as error:
+            self.abort()
+            raise _too_big(self.where, "connect and log in", error) from None
         except ssl.SSLCertVerificationError as error:
             self.abort()
             raise ImapError(
@@ -426,6 +487,9 @@ class ImapSession:
             raise ImapError("the IMAP session is not open")
         try:
             typ, data = run(self._imap)
+        except _ReplyTooBig as error:
+            self.abort()
+            raise _too_big(self.where, what, error) from None
         except imaplib.IMAP4.abort as error:
             self.abort()
             raise ImapError(f"the connection to {self.where} broke while trying to {what}: "
@@ -489,7 +553,8 @@ class ImapSession:
     def find_bounces(self, since: datetime.date, folder: str = "INBOX") -> list[Bounce]:
         """The failed recipients of every bounce in ``folder`` that arrived
         on or after ``since``. Read-only: EXAMINE and BODY.PEEK[], so no
-        message gets marked as read."""
+        message gets marked as read. Reads the first :data:`BOUNCE_BYTES` of
+        each message, :data:`FETCH_BATCH` messages at a time."""
         self._select(folder, readonly=True)
         self._examined = folder
         data = self._command(f"search '{folder}'", lambda imap: imap.uid("SEARCH", "SINCE", imap_date(since)))
@@ -500,9 +565,10 @@ class ImapSession:
         return bounces
 
     def _bounces_in(self, folder: str, uid_set: str) -> list[Bounce]:
-        """FETCH BODY.PEEK[] (which leaves \\Seen alone) of ``uid_set``; their bounces."""
+        """FETCH BODY.PEEK[] (which leaves \\Seen alone) of ``uid_set``, the
+        first BOUNCE_BYTES of each; their bounces."""
         fetched = self._command(f"read messages in '{folder}'",
-                                lambda imap: imap.uid("FETCH", uid_set, "(BODY.PEEK[])"))
+                                lambda imap: imap.uid("FETCH", uid_set, f"(BODY.PEEK[]<0.{BOUNCE_BYTES}>)"))
         return [replace(bounce, uid=uid) for uid, raw in _fetched_bodies(fetched) for bounce in _parse_raw(raw)]
 
     def move(self, uids: list[str], folder: str, *, source: str | None = None) -> None:
@@ -533,7 +599,7 @@ def _flagged_sent(mailboxes: list[Mailbox]) -> str | None:
 
 def _fetched_bodies(data: list[Any]) -> Iterator[tuple[str, bytes]]:
     """(uid, raw message) from a UID FETCH ... (BODY.PEEK[]) reply. imaplib
-    gives (b'7 (UID 42 BODY[] {1234}', raw) tuples; the UID may also come
+    gives (b'7 (UID 42 BODY[]<0> {1234}', raw) tuples; the UID may also come
     after the literal, in the bytes item that follows."""
     for index, item in enumerate(data):
         if not isinstance(item, tuple):
@@ -558,7 +624,7 @@ def _parse_raw(raw: bytes) -> list[Bounce]:
 # --- 4. bounces --------------------------------------------------------------------
 
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_MESSAGE_ID = re.compile(r"<[^<>\s]+@[^<>\s]+>|<[^<>\s]+>")
+_MESSAGE_ID = re.compile(r"<\s*([^<>\s]+)\s*>")
 _ADDRESS = r"[^\s<>()\"',;:]+@[^\s<>()\"',;:]+[^\s<>()\"',;:.]"
 _BOUNCE_SENDERS = ("mailer-daemon", "mailerdaemon", "mail-daemon", "postmaster")
 _BOUNCE_SUBJECTS = ("delivery status notification (failure)", "undelivered mail returned to sender",
@@ -577,15 +643,21 @@ def parse_bounce(message: EmailMessage) -> list[Bounce]:
     not failures. A bounce without that part (old Gmail, Sendmail, qmail...)
     is recognised by its sender, subject or ``X-Failed-Recipients`` header,
     and read from its text. Ordinary replies are never bounces.
+
+    Only the first kind has ``report`` set, and ``references`` come only from
+    where a report puts them: a mail's text and subject prove nothing.
     """
     report = next((part for part in _own_parts(message)
                    if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status")),
                   None)
     if report is not None:
-        return _from_delivery_status(message, report)
-    if _looks_like_bounce(message):
-        return _from_text(message)
-    return []
+        bounces = _from_delivery_status(message, report)
+    elif _looks_like_bounce(message):
+        bounces = _from_text(message)
+    else:
+        return []
+    mail = _mail_info(message)
+    return [replace(bounce, mail=mail) for bounce in bounces]
 
 
 def _own_parts(message: Message) -> Iterator[Message]:
@@ -624,8 +696,7 @@ def _report_fields(report: Message) -> list[Message]:
 def _from_delivery_status(message: EmailMessage, report: Message) -> list[Bounce]:
     """The failed recipients of an RFC 3464 report."""
     blocks = _report_fields(report)
-    per_message = blocks[0] if blocks else Message()
-    original = _original_message_id(message) or _bracketed(per_message.get("X-Original-Message-ID"))
+    references = _references(message)
     bounces = []
     for block in blocks[1:]:
         recipient = _address_field(block.get("Final-Recipient") or block.get("Original-Recipient"))
@@ -636,7 +707,7 @@ def _from_delivery_status(message: EmailMessage, report: Message) -> list[Bounce
         if not (failed and recipient):
             continue
         diagnostic = _one_line(block.get("Diagnostic-Code")) or _text_diagnostic(_body_text(message), recipient)
-        bounces.append(Bounce("", recipient, status or "5.0.0", diagnostic, original))
+        bounces.append(Bounce("", recipient, status or "5.0.0", diagnostic, references, report=True))
     return bounces
 
 
@@ -648,33 +719,46 @@ def _address_field(value: object) -> str:
     return text.strip().strip("<>").strip()
 
 
-def _bracketed(value: object) -> str | None:
-    """The first ``<id>`` in a header value, or None."""
-    match = _MESSAGE_ID.search(str(value or ""))
-    return match.group() if match else None
+def _message_ids(value: object) -> list[str]:
+    """Every ``<id>`` in a header value, as ``<id>`` (spaces inside the
+    brackets dropped; the case kept: it matters)."""
+    return ["<" + found + ">" for found in _MESSAGE_ID.findall(str(value or ""))]
 
 
-def _original_message_id(message: EmailMessage) -> str | None:
-    """The Message-ID of the message that bounced: from the attached original
-    (message/rfc822 or text/rfc822-headers), else a ``Message-ID:`` line in
-    the text, else the bounce's In-Reply-To, else its References (last)."""
+def _references(message: EmailMessage) -> tuple[str, ...]:
+    """The Message-IDs of the messages ``message`` says bounced, from where a
+    delivery report puts them: the attached original (message/rfc822 or
+    text/rfc822-headers), then In-Reply-To, then References (last first).
+    Never from its text, in which anyone can quote anything."""
+    found: list[str] = []
     for part in _own_parts(message):
         kind = part.get_content_type()
         if kind in ("message/rfc822", "message/global"):
             inner = part.get_payload()
             if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-                found = _bracketed(inner[0].get("Message-ID"))
-                if found:
-                    return found
+                found += _message_ids(inner[0].get("Message-ID"))[:1]
         elif kind in ("text/rfc822-headers", "message/global-headers"):
-            found = _bracketed(HeaderParser().parsestr(_decoded(part), headersonly=True).get("Message-ID"))
-            if found:
-                return found
-    in_text = re.search(r"^[ \t>]*Message-ID:[ \t]*(<[^<>\s]+>)", _body_text(message), re.MULTILINE | re.IGNORECASE)
-    if in_text:
-        return in_text.group(1)
-    references = _MESSAGE_ID.findall(str(message.get("References", "")))
-    return _bracketed(message.get("In-Reply-To")) or (references[-1] if references else None)
+            headers = HeaderParser().parsestr(_decoded(part), headersonly=True)
+            found += _message_ids(headers.get("Message-ID"))[:1]
+    found += _message_ids(message.get("In-Reply-To"))
+    found += reversed(_message_ids(message.get("References")))
+    return tuple(dict.fromkeys(found))
+
+
+def _mail_info(message: EmailMessage) -> MailInfo:
+    """The Date, From and Subject of ``message`` as it wrote them (encoded
+    words decoded), each on one line. Not the email package's parsed form:
+    a broken From header would lose its address there."""
+    def header(name: str) -> str:
+        raw = next((value for key, value in message.raw_items() if key.lower() == name.lower()), "")
+        text = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # raw UTF-8 headers
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except (email.errors.MessageError, ValueError, LookupError):
+            pass  # an encoded word that does not decode: shown as it is
+        return _one_line(text)
+
+    return MailInfo(date=header("Date"), sender=header("From"), subject=header("Subject"))
 
 
 def _decoded(part: Message) -> str:
@@ -718,14 +802,14 @@ def _from_text(message: EmailMessage) -> list[Bounce]:
     text = _body_text(message)
     named = [address for address in re.findall(_ADDRESS, str(message.get("X-Failed-Recipients", "")))]
     recipients = list(dict.fromkeys(named or _text_recipients(text)))
-    original = _original_message_id(message)
+    references = _references(message)
     bounces = []
     for recipient in recipients:
         diagnostic = _text_diagnostic(text, recipient)
         status_match = _STATUS.search(diagnostic) or _STATUS.search(text)
         status = status_match.group(1) if status_match else "5.0.0"
         if status.startswith("5"):  # 4.x.x: only delayed, it may still arrive
-            bounces.append(Bounce("", recipient, status, diagnostic, original))
+            bounces.append(Bounce("", recipient, status, diagnostic, references))
     return bounces
 
 

@@ -24,6 +24,10 @@ as ``dovecot -F -c CONFIG``; started as root it drops privileges to the
 
 Needs the ``dovecot`` binary: ``apt-get install -y dovecot-imapd`` on Debian.
 No pytest import here.
+
+:class:`HostileImapServer` is the opposite: a few lines of Python that
+misbehave on purpose (a FETCH answered with a literal of gigabytes), which
+Dovecot never does.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -361,3 +366,100 @@ service imap-login {{
                 name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
             result[name] = tuple(match.group(1).decode("ascii").split())
         return result
+
+
+class HostileImapServer:
+    """A tiny IMAP server (IMAPS, a ``trustme`` certificate, one client at a
+    time) that misbehaves on purpose, as Dovecot never does.
+
+    It greets, accepts any LOGIN, EXAMINE and SEARCH, and answers the first
+    FETCH with ``count`` literals, each announced as ``announce`` bytes, of
+    which it sends ``send`` bytes. When it sent less than it announced, it
+    closes the connection right after; else it ends the FETCH with OK. Each
+    client line it received is kept in ``commands``.
+
+        with HostileImapServer(announce=2_000_000_000, send=65536) as server:
+            ...  # point the client at server.host / server.port, trust server.ca_file
+    """
+
+    host: str = HOST
+
+    def __init__(self, *, announce: int, send: int, count: int = 1) -> None:
+        self.announce, self.send, self.count = announce, min(send, announce), count
+        self.commands: list[str] = []
+        self.port = 0
+        self.ca_file: Path | None = None
+        self._root: Path | None = None
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._context: ssl.SSLContext | None = None
+
+    def __enter__(self) -> Self:
+        self._root = Path(tempfile.mkdtemp(prefix="hostile-imap-"))
+        ca = trustme.CA()
+        self.ca_file = self._root / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(HOST, "localhost").configure_cert(self._context)
+        self._listener = socket.create_server((HOST, 0))
+        self._listener.settimeout(0.2)  # so the thread notices stop()
+        self.port = int(self._listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, name="hostile-imap", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, traceback: TracebackType | None) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+    def _serve(self) -> None:
+        while self._listener is not None:
+            try:
+                connection, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            assert self._context is not None
+            try:
+                with self._context.wrap_socket(connection, server_side=True) as client:
+                    client.settimeout(10)
+                    self._talk(client)
+            except OSError:  # the client hung up, as it should when it gives up
+                pass
+
+    def _talk(self, client: ssl.SSLSocket) -> None:
+        reader = client.makefile("rb")
+        client.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hostile server ready\r\n")
+        for raw in reader:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            self.commands.append(line)
+            tag, _, rest = line.partition(" ")
+            command = rest.upper()
+            if command.startswith("CAPABILITY"):
+                client.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag.encode() + b" OK done\r\n")
+            elif command.startswith(("EXAMINE", "SELECT")):
+                client.sendall(b"* 1 EXISTS\r\n* OK [UIDVALIDITY 1] ok\r\n" + tag.encode() + b" OK [READ-ONLY] done\r\n")
+            elif command.startswith("UID SEARCH"):
+                client.sendall(b"* SEARCH 1\r\n" + tag.encode() + b" OK done\r\n")
+            elif command.startswith("UID FETCH"):
+                for number in range(1, self.count + 1):
+                    client.sendall(f"* {number} FETCH (UID {number} BODY[]<0> {{{self.announce}}}\r\n".encode())
+                    left = self.send
+                    while left:
+                        chunk = min(left, 1 << 16)
+                        client.sendall(b"x" * chunk)
+                        left -= chunk
+                    if self.send < self.announce:
+                        return  # and the connection closes
+                    client.sendall(b")\r\n")
+                client.sendall(tag.encode() + b" OK done\r\n")
+            elif command.startswith("LOGOUT"):
+                client.sendall(b"* BYE bye\r\n" + tag.encode() + b" OK done\r\n")
+                return
+            else:  # LOGIN and the rest
+                client.sendall(tag.encode() + b" OK done\r\n")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, USER
+
+import mailmerge.imap
 from imap_server import DovecotServer, dovecot_binary
 
 from mailmerge.imap import (
@@ -56,18 +58,21 @@ GMAIL_DIAGNOSTIC = (
 
 EXPECTED = {
     "rfc3464.eml": Bounce("", "lost.reader@example.org", "5.1.1",
-                          "SMTP; 550 5.1.1 <lost.reader@example.org>... User unknown", "<123.456@example.com>"),
-    "gmail.eml": Bounce("", "jung.obrien@gmail.com", "5.1.1", GMAIL_DIAGNOSTIC, "<123.457@example.com>"),
+                          "SMTP; 550 5.1.1 <lost.reader@example.org>... User unknown", ("<123.456@example.com>",),
+                          report=True),
+    "gmail.eml": Bounce("", "jung.obrien@gmail.com", "5.1.1", GMAIL_DIAGNOSTIC, ("<123.457@example.com>",),
+                        report=True),
     "postfix.eml": Bounce("", "zoe@example.fr", "5.1.1",
                           "smtp; 550 5.1.1 <zoe@example.fr>: Recipient address rejected: User unknown "
-                          "in virtual mailbox table", "<123.458@example.com>"),
+                          "in virtual mailbox table", ("<123.458@example.com>",), report=True),
     "gmail-text.eml": Bounce("", "ghost.member@gmail.com", "5.1.1",
                              "550 5.1.1 The email account that you tried to reach does not exist. Please "
                              "try double-checking the recipient's email address for typos or unnecessary "
                              "spaces. https://support.google.com/mail/?p=NoSuchUser "
-                             "a640c23a62f3a-ab7c8d9e0f1si9876543a66.12 - gsmtp", "<123.460@example.com>"),
+                             "a640c23a62f3a-ab7c8d9e0f1si9876543a66.12 - gsmtp",
+                             ()),  # its text quotes the Message-ID: that proves nothing
     "sendmail-text.eml": Bounce("", "old.member@example.net", "5.1.1",
-                                "550 5.1.1 <old.member@example.net>... User unknown", "<123.461@example.com>"),
+                                "550 5.1.1 <old.member@example.net>... User unknown", ("<123.461@example.com>",)),
 }
 
 
@@ -113,7 +118,7 @@ def test_postfix_text_only_bounce() -> None:
         "", "zoe@example.fr", "5.1.1",
         "host mx.example.fr[192.0.2.25] said: 550 5.1.1 <zoe@example.fr>: Recipient address "
         "rejected: User unknown in virtual mailbox table (in reply to RCPT TO command)",
-        "<123.458@example.com>")]
+        ("<123.458@example.com>",))]
 
 
 def test_report_without_action_counts_5xx_status_only() -> None:
@@ -131,6 +136,36 @@ def test_global_delivery_status_is_read_too() -> None:
         b"Content-Type: message/delivery-status", b"Content-Type: message/global-delivery-status")
     message = BytesParser(policy=email.policy.default).parsebytes(raw)
     assert parse_bounce(message) == [EXPECTED["postfix.eml"]]
+
+
+def test_references_come_only_from_where_a_report_puts_them() -> None:
+    """A Message-ID quoted in a bounce's text, or in a made-up field of its
+    report, proves nothing: anyone can write it there."""
+    assert "Message-ID: <123.460@example.com>" in (DSN / "gmail-text.eml").read_text()
+    assert [b.references for b in parse_bounce(load("gmail-text.eml"))] == [()]
+    raw = (DSN / "postfix.eml").read_bytes().replace(b"Message-ID: <123.458@example.com>\n", b"").replace(
+        b"Reporting-MTA:", b"X-Original-Message-ID: <123.458@example.com>\nReporting-MTA:")
+    message = BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert [(b.recipient, b.references, b.report) for b in parse_bounce(message)] == [("zoe@example.fr", (), True)]
+
+
+def test_message_ids_keep_their_case_and_lose_spaces_inside_the_brackets() -> None:
+    raw = (DSN / "postfix.eml").read_bytes().replace(
+        b"Message-ID: <123.458@example.com>", b"Message-ID: < AbC.458@Example.COM >").replace(
+        b"Subject: Undelivered", b"References: <first@example.com>\n <Second@example.com>\nSubject: Undelivered")
+    message = BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert [b.references for b in parse_bounce(message)] == [
+        ("<AbC.458@Example.COM>", "<Second@example.com>", "<first@example.com>")]
+
+
+def test_the_mail_a_bounce_came_in_is_described() -> None:
+    """Date, From and Subject as the mail wrote them (for a person to find it)."""
+    raw = (DSN / "postfix.eml").read_bytes().replace(
+        b"Subject: Undelivered Mail Returned to Sender", b"Subject: =?utf-8?q?Undelivered_=EC=9A=B0=ED=8E=B8?=")
+    [bounce] = parse_bounce(BytesParser(policy=email.policy.default).parsebytes(raw))
+    assert bounce.mail.subject == "Undelivered 우편"
+    assert bounce.mail.sender == "MAILER-DAEMON@mail.example.com (Mail Delivery System)"
+    assert bounce.mail.date == "Thu, 27 Nov 2025 10:12:14 +0900 (KST)"
 
 
 def test_forwarded_bounce_is_not_a_bounce() -> None:
@@ -341,10 +376,10 @@ def test_find_bounces_returns_failed_recipients_and_marks_nothing_read(
     with ImapSession(config_for(server), PASSWORD, log=lines.append) as imap:
         bounces = imap.find_bounces(since=dt.date(2025, 11, 27))
         assert imap.find_bounces(since=dt.date(2025, 11, 28)) == []  # SINCE: by arrival day
-    assert sorted((b.recipient, b.status, b.original_message_id) for b in bounces) == [
-        ("jung.obrien@gmail.com", "5.1.1", "<123.457@example.com>"),
-        ("lost.reader@example.org", "5.1.1", "<123.456@example.com>"),
-        ("zoe@example.fr", "5.1.1", "<123.458@example.com>"),
+    assert sorted((b.recipient, b.status, b.references) for b in bounces) == [
+        ("jung.obrien@gmail.com", "5.1.1", ("<123.457@example.com>",)),
+        ("lost.reader@example.org", "5.1.1", ("<123.456@example.com>",)),
+        ("zoe@example.fr", "5.1.1", ("<123.458@example.com>",)),
     ]
     assert {b.diagnostic for b in bounces} == {EXPECTED[n].diagnostic for n in FIVE[:3]}
     assert len({b.uid for b in bounces}) == 3 and all(b.uid.isdigit() for b in bounces)
@@ -354,6 +389,23 @@ def test_find_bounces_returns_failed_recipients_and_marks_nothing_read(
     assert any(" EXAMINE " in line for line in lines)
     assert not any(" STORE " in line or " SELECT " in line for line in lines)
     assert not any("(the message" in line for line in lines)  # bodies are not logged
+
+
+@needs_dovecot
+def test_a_big_mail_in_the_inbox_is_read_only_in_part(
+        make_server: type[DovecotServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """find_bounces reads the first BOUNCE_BYTES (1 MB) of each message: a
+    6 MB mail beside a bounce stays within a reply limit lowered to 4 MB for
+    this test, and the bounce is still found."""
+    monkeypatch.setattr(mailmerge.imap, "MAX_REPLY_BYTES", 4 << 20)
+    server = make_server(users={USER: PASSWORD}).start()
+    line = b"x" * 76 + b"\r\n"
+    server.put("INBOX", b"From: a@example.org\r\nSubject: holiday photos\r\n"
+                        b"Date: Thu, 27 Nov 2025 10:00:00 +0900\r\n\r\n" + line * ((6 << 20) // len(line)))
+    server.put("INBOX", (DSN / "postfix.eml").read_bytes())
+    with ImapSession(config_for(server), PASSWORD) as imap:
+        bounces = imap.find_bounces(since=dt.date(2025, 11, 1))
+    assert [(b.recipient, b.references) for b in bounces] == [("zoe@example.fr", ("<123.458@example.com>",))]
 
 
 @needs_dovecot

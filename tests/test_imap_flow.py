@@ -1,20 +1,28 @@
 """`send` with [imap] save_sent, and `mailmerge bounces`, against a real
-Dovecot and a real SMTP server on 127.0.0.1."""
+Dovecot and a real SMTP server on 127.0.0.1; and `bounces` against an IMAP
+server that sends too much."""
 
 from __future__ import annotations
 
 import csv
 import email
 import email.policy
+import os
+import resource
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import run_cli, write_config, write_template, write_xlsx
-from imap_server import DovecotServer, dovecot_binary
+from imap_server import DovecotServer, HostileImapServer, dovecot_binary
 from smtp_server import SmtpTestServer
 
-pytestmark = pytest.mark.skipif(dovecot_binary() is None, reason="dovecot is not installed (apt-get install -y dovecot-imapd)")
+import mailmerge
+
+needs_dovecot = pytest.mark.skipif(dovecot_binary() is None, reason="dovecot is not installed (apt-get install -y dovecot-imapd)")
 
 USER, IMAP_PASSWORD = "club@example.com", "imap-Pa55!"
 TEMPLATE = "From: Club <club@example.com>\nSubject: News for {{ name }}\nTo: {{ name }} <{{ email }}>\n\nHello {{ name }}\n"
@@ -48,6 +56,7 @@ def message_ids(raw: list[bytes]) -> list[str]:
     return [str(email.message_from_bytes(r, policy=email.policy.default)["Message-ID"]) for r in raw]
 
 
+@needs_dovecot
 def test_each_sent_message_is_copied_to_sent_once(tmp_path: Path, imap: DovecotServer) -> None:
     with SmtpTestServer() as smtp:
         xlsx, template = setup(tmp_path, smtp, imap)
@@ -64,6 +73,7 @@ def test_each_sent_message_is_copied_to_sent_once(tmp_path: Path, imap: DovecotS
     assert "saved 3 copies in the folder 'Sent'" in first[1]
 
 
+@needs_dovecot
 def test_imap_down_does_not_stop_the_send_and_the_next_run_catches_up(tmp_path: Path, imap: DovecotServer) -> None:
     from smtp_server import free_port
 
@@ -80,6 +90,7 @@ def test_imap_down_does_not_stop_the_send_and_the_next_run_catches_up(tmp_path: 
     assert len(imap.messages("Sent")) == 3
 
 
+@needs_dovecot
 def test_bounces_mark_their_rows_and_leave_the_inbox_unread(tmp_path: Path, imap: DovecotServer) -> None:
     with SmtpTestServer() as smtp:
         xlsx, template = setup(tmp_path, smtp, imap)
@@ -120,3 +131,40 @@ def dsn(recipient: str, message_id: str) -> bytes:
         f"From: club@example.com\r\nTo: {recipient}\r\nMessage-ID: {message_id}\r\nSubject: News\r\n"
         "--B--\r\n"
     ).encode()
+
+
+MEMORY_LIMIT = 512 << 20  # address space for the command: Python with pandas needs about 230 MB
+
+
+def limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+@pytest.mark.parametrize(("announce", "send_bytes", "count"), [
+    (2_000_000_000, 1 << 16, 1),  # one literal announced as 2 GB, then a few bytes and the connection closes
+    (1 << 20, 1 << 20, 100),  # a hundred 1 MB literals, complete: 100 MB for one FETCH
+], ids=["2GB-literal", "100x1MB"])
+def test_a_server_sending_too_much_gets_a_one_line_error(
+        tmp_path: Path, announce: int, send_bytes: int, count: int) -> None:
+    """A hostile IMAP server cannot make `bounces` allocate what it announces:
+    the command stops quickly with exit 1 and one line naming the server and
+    the limit, even in a process limited to 512 MB of address space."""
+    with HostileImapServer(announce=announce, send=send_bytes, count=count) as imap, SmtpTestServer() as smtp:
+        xlsx, template = setup(tmp_path, smtp, imap)  # type: ignore[arg-type]
+        started = time.monotonic()
+        run = subprocess.run(
+            [sys.executable, "-m", "mailmerge", "bounces", str(xlsx), "-t", str(template), "--since", "2d"],
+            env={**os.environ, "PYTHONPATH": str(Path(mailmerge.__file__).parent.parent),
+                 "MAILMERGE_IMAP_PASSWORD": IMAP_PASSWORD, "OPENBLAS_NUM_THREADS": "1"},
+            capture_output=True, text=True, timeout=120, preexec_fn=limit_memory)
+        elapsed = time.monotonic() - started
+        commands = list(imap.commands)
+
+    assert any(" UID FETCH " in f" {c} " for c in commands), commands  # it got as far as the FETCH
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr and "MemoryError" not in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"error: 127.0.0.1:{imap.port} sent or announced more than 64 MB while trying to read "
+                           "messages in 'INBOX'"), line
+    assert "it reads at most 64 MB per answer" in line and "misbehaving" in line
+    assert elapsed < 30, elapsed
