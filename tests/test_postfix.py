@@ -211,6 +211,7 @@ class GreetingServer(socketserver.ThreadingTCPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    host, ca_file = "127.0.0.1", None  # what write_config reads
 
     def __init__(self, greeting: bytes) -> None:
         self.greeting = greeting
@@ -248,18 +249,16 @@ def greeting_server(request: pytest.FixtureRequest) -> Iterator[GreetingServer]:
     server.server_close()
 
 
-def plain_config(folder: Path, port: int) -> Path:
-    class Server:
-        host, ca_file = "127.0.0.1", None
-    Server.port = port  # type: ignore[attr-defined]
-    return write_config(folder, Server, security="none", username=None)  # type: ignore[arg-type]
+def plain_config(folder: Path, server: GreetingServer) -> Path:
+    """mailmerge.toml for ``server``: no TLS, no login (the greeting is all there is)."""
+    return write_config(folder, server, security="none", username=None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("greeting_server", [b"554 5.7.1 Service unavailable; client [127.0.0.1] blocked using zen.spamhaus.org"],
                          indirect=True)
 def test_a_5xx_greeting_is_not_retried_and_quit_is_said(tmp_path: Path, greeting_server: GreetingServer) -> None:
     xlsx, template, _ = make_list(tmp_path, 2, "spamhaus")
-    plain_config(tmp_path, greeting_server.port)
+    plain_config(tmp_path, greeting_server)
 
     run = run_cli("send", xlsx, "-t", template, "--yes", password=None)
 
@@ -273,7 +272,7 @@ def test_a_5xx_greeting_is_not_retried_and_quit_is_said(tmp_path: Path, greeting
 @pytest.mark.parametrize("greeting_server", [b"421 4.3.2 System not accepting network messages"], indirect=True)
 def test_a_4xx_greeting_is_retried_per_the_reconnect_settings(tmp_path: Path, greeting_server: GreetingServer) -> None:
     xlsx, template, _ = make_list(tmp_path, 2, "maintenance")
-    set_send(plain_config(tmp_path, greeting_server.port), reconnect_attempts=3)
+    set_send(plain_config(tmp_path, greeting_server), reconnect_attempts=3)
 
     run = run_cli("send", xlsx, "-t", template, "--yes", password=None)
 
@@ -287,7 +286,7 @@ def test_a_4xx_greeting_is_retried_per_the_reconnect_settings(tmp_path: Path, gr
 @pytest.mark.parametrize("greeting_server", [b"* OK [CAPABILITY IMAP4rev1] Dovecot ready."], indirect=True)
 def test_a_server_that_is_not_smtp_says_check_host_and_port(tmp_path: Path, greeting_server: GreetingServer) -> None:
     xlsx, template, _ = make_list(tmp_path, 2, "imap")
-    plain_config(tmp_path, greeting_server.port)
+    plain_config(tmp_path, greeting_server)
 
     run = run_cli("send", xlsx, "-t", template, "--yes", password=None)
 
