@@ -149,8 +149,8 @@ class SmtpSession:
             # the previous write is acknowledged, 40 ms later.
             assert smtp.sock is not None
             smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._step(f"connected to {where}")
             self._check_greeting(*greeting)
+            self._step(f"connected to {where}")
             smtp.ehlo()
             if config.security == "starttls":
                 if not smtp.has_extn("starttls"):

@@ -127,6 +127,17 @@ def test_a_554_greeting_says_the_server_refuses_this_client(tmp_path: Path, post
     assert sessions(postfix.maillog()[log_start:], "blocked") == ["quit=1 commands=1"]  # no EHLO after it
 
 
+def test_check_smtp_does_not_call_a_refusing_server_connected(tmp_path: Path, postfix: PostfixServer) -> None:
+    xlsx, template, _ = make_list(tmp_path, 1, "check")
+    write_config(tmp_path, postfix, port=postfix.ports["blocked"])
+
+    run = run_cli("check", xlsx, "-t", template, "--smtp")
+
+    assert run.exit_code == 1, run.output
+    assert "connected to" not in run.output
+    assert "refuses connections from this computer: 554 5.7.1" in said(run.stderr)
+
+
 def test_a_421_greeting_is_waited_out_and_then_reported_with_the_servers_words(
         tmp_path: Path, postfix: PostfixServer) -> None:
     xlsx, template, addresses = make_list(tmp_path, 3, "busy")
