@@ -46,6 +46,16 @@ class ConnectError(SendError):
     """The server could not be reached, or TLS could not be set up."""
 
 
+class ServerBusy(ConnectError):
+    """The server turned the connection away for now (a 4xx greeting, such as
+    a connection rate limit): wait and connect again."""
+
+
+class ClientRefused(ConnectError):
+    """The server refuses this client (a 5xx greeting): the client's address
+    or its reputation, not a setting."""
+
+
 class AuthenticationError(SendError):
     """The server refused the user name and password."""
 

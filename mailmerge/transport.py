@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from .config import SmtpConfig
-from .errors import AuthenticationError, ConnectError, ConnectionLost, SendError
+from .errors import AuthenticationError, ClientRefused, ConnectError, ConnectionLost, SendError, ServerBusy
 from .message import EnvelopeRecipient, OutgoingMessage
 from .outcome import Outcome, Status
 from .pacing import Backoff, StopSignal
@@ -143,12 +143,13 @@ class SmtpSession:
             # Created without a host so the greeting is logged too; smtplib takes
             # the TLS server name (checked against the certificate) from _host.
             smtp._host = config.host  # type: ignore[attr-defined]
-            smtp.connect(config.host, config.port)
+            greeting = smtp.connect(config.host, config.port)
             # The end of DATA goes out as its own small write (after the journal's
             # in-flight mark): without this, Nagle's algorithm holds it back until
             # the previous write is acknowledged, 40 ms later.
             assert smtp.sock is not None
             smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._check_greeting(*greeting)
             self._step(f"connected to {where}")
             smtp.ehlo()
             if config.security == "starttls":
@@ -186,6 +187,25 @@ class SmtpSession:
         except (OSError, smtplib.SMTPException) as error:
             self.abort()
             raise ConnectError(f"cannot connect to {where}: {error}; check host and port in [smtp]") from error
+
+    def _check_greeting(self, code: int, reply: bytes | str) -> None:
+        """Raise unless the server greeted with 220: a 4xx greeting is a
+        temporary refusal, a 5xx one a refusal of this client."""
+        if code == 220:
+            return
+        where, text = f"{self.config.host}:{self.config.port}", " ".join(_text(reply).split())
+        self.close()  # a server that refuses still waits for QUIT (RFC 5321 3.1)
+        if 400 <= code < 500:
+            raise ServerBusy(f"{where} is refusing connections for now: {code} {text} "
+                             "(a temporary limit: wait and try again)")
+        if 500 <= code < 600:
+            raise ClientRefused(
+                f"{where} refuses connections from this computer: {code} {text} (this is about your "
+                "network address or its reputation, not your settings: send from another network, "
+                "or ask the server's administrator to let your address in)"
+            )
+        # smtplib gives -1 for a line that does not start with a code (an IMAP or HTTP server).
+        raise ConnectError(f"{where} did not greet like an SMTP server; check host and port in [smtp]")
 
     def _login(self, smtp: smtplib.SMTP) -> None:
         """AUTH once, with one mechanism: a refused password is never tried twice."""
@@ -610,7 +630,7 @@ class SmtpClient:
                 self._ensure_open()
                 handled = self.session.stream(source, self.max_per_connection)
             except ConnectError as failure:
-                if self.connections == 0:
+                if self.connections == 0 and not isinstance(failure, ServerBusy):
                     again.popleft()
                     raise  # the first connection: a setting is wrong, say so now
                 failures, error = failures + 1, failure

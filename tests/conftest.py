@@ -11,6 +11,7 @@ from typing import Any
 
 import openpyxl
 import pytest
+from postfix_server import PostfixServer, unavailable as postfix_unavailable
 from smtp_server import SmtpTestServer
 from typer.testing import CliRunner
 
@@ -35,7 +36,19 @@ def plain_server() -> Iterator[SmtpTestServer]:
         yield server
 
 
-def write_config(folder: Path, server: SmtpTestServer, **smtp: Any) -> Path:
+@pytest.fixture(scope="session")
+def postfix() -> Iterator[PostfixServer]:
+    """A throwaway Postfix shared by the whole session: STARTTLS, AUTH as
+    USER/PASSWORD, Maildirs, one listener per behaviour (see
+    tests/postfix_server.py). Skips, saying why, where Postfix cannot run."""
+    reason = postfix_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with PostfixServer(username=USER, password=PASSWORD) as server:
+        yield server
+
+
+def write_config(folder: Path, server: SmtpTestServer | PostfixServer, **smtp: Any) -> Path:
     """Write mailmerge.toml into ``folder`` for ``server`` (STARTTLS + AUTH by default)."""
     settings: dict[str, Any] = {
         "host": server.host,
