@@ -193,15 +193,18 @@ class _BodyValues:
 
         return guarded
 
-    def restore(self, text: str) -> str:
-        """``text`` with each token replaced by its value, HTML-escaped unless markup."""
+    def restore(self, text: str, before: int | None = None) -> str:
+        """``text`` with each token replaced by its value, HTML-escaped unless
+        markup. A markup value holds only tokens made before it (a macro's
+        output is finished first), so it never expands itself."""
+        limit = len(self.values) if before is None else before
 
         def value(match: re.Match[str]) -> str:
             index = int(match.group(1))
-            if index >= len(self.values):
+            if index >= limit:
                 return match.group(0)
             text, markup = self.values[index]
-            return self.restore(text) if markup else str(escape(text))
+            return self.restore(text, index) if markup else str(escape(text))
 
         return self.pattern.sub(value, text)
 
