@@ -72,7 +72,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show the SMTP conversation (passwords masked).")]
 AttachmentsOption = Annotated[
     Path | None,
-    typer.Option(metavar="DIR", help="Attachments named by the list may also come from here (default: only the template's folder).", show_default=False),
+    typer.Option(metavar="DIR", help="Files the list names (attachments, images) come from here, and only here (default: the template's folder).", show_default=False),
 ]
 RateOption = Annotated[str | None, typer.Option(metavar="RATE", help="At most this many messages: 20/min, 2/s, 500/h (default: rate in [send]).", show_default=False)]
 CampaignOption = Annotated[
@@ -104,6 +104,7 @@ def _prepare(
             unsubscribe=config.message.unsubscribe,
             css=config.message.css,
             attachments_dir=attachments_dir,
+            protected=_protected_files(config, list_path),
         )
         return config, plan_merge(recipients, load_template(template_path, settings), config.send.recipient_limit)
 
@@ -111,6 +112,22 @@ def _prepare(
     for outcomes in plan.invalid.values():
         ui.note(f"row {outcomes[0].row}: invalid: {outcomes[0].reason}")
     return config, plan
+
+
+def _protected_files(config: Config, list_path: Path) -> dict[Path, str]:
+    """What a list may never name as an attachment, whatever folder it is in."""
+    protected = {
+        list_path: "the list itself",
+        default_report_path(list_path): "the report",
+        journal_folder(list_path): "the journal",
+        (config.path.parent if config.path else Path.cwd()) / ".env": "the .env file",
+    }
+    if config.path is not None:
+        protected[config.path] = "the config file"
+    for ca_file in (config.smtp.ca_file, config.imap.ca_file):
+        if ca_file is not None:
+            protected[ca_file] = "a certificate file of the config"
+    return protected
 
 
 # --- preview -------------------------------------------------------------------------

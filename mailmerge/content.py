@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import re
 from html.parser import HTMLParser
+from collections.abc import Mapping
 from pathlib import Path
 
 import css_inline
@@ -78,21 +79,54 @@ def replace_image_sources(markup: str, new_sources: dict[str, str]) -> str:
     return re.sub(r"""(<img\b[^>]*?\bsrc\s*=\s*)(["'])(.*?)\2""", swap, markup, flags=re.IGNORECASE | re.DOTALL)
 
 
-def resolve_file(text: str, folder: Path, allowed: list[Path], *, from_list: bool, what: str) -> Path:
-    """The file a template names, relative to its ``folder``.
+def resolve_file(text: str, folder: Path, *, what: str) -> Path:
+    """A file the template's author names (``Attachment: logo.png``,
+    ``<img src="logo.png">``), relative to the template's ``folder``.
 
-    A path that comes from the list (``from_list``) must stay inside one of
-    ``allowed`` (the template's folder, ``--attachments-dir``): ``../../etc``,
-    absolute paths and symbolic links that lead out make the row invalid.
-    Raises :class:`InvalidRow` for that, and for a file that does not exist.
+    Raises :class:`InvalidRow` when it does not exist.
     """
-    path = Path(text.strip()).expanduser()
-    if not path.is_absolute():
-        path = folder / path
-    resolved = path.resolve()
-    if from_list and not any(resolved.is_relative_to(base.resolve()) for base in allowed):
-        places = " or ".join(str(base) for base in allowed)
-        raise InvalidRow(f"{what} '{text.strip()}' (from the list) is outside {places}; refused")
-    if not resolved.is_file():
-        raise InvalidRow(f"{what} not found: {path}")
-    return resolved
+    return _existing(what, _resolved(Path(text.strip()).expanduser(), folder))
+
+
+def resolve_list_file(text: str, base: Path, *, what: str, protected: Mapping[Path, str], hint: str = "") -> Path:
+    """A file named by the list (a cell, or a path built from one), looked up
+    in ``base`` (``--attachments-dir``, else the template's folder) and only there.
+
+    Lists are written by strangers, so the row is refused (:class:`InvalidRow`)
+    when the path leads out of ``base`` (``../``, an absolute path, a symbolic
+    link), when any part of it is hidden (``.env``, ``.git/``), before or after
+    following links, or when it is one of the ``protected`` files or folders
+    (the config, its certificate files, the journal: resolved path -> what it
+    is). ``hint`` ends the message that says where the files go.
+    """
+    shown = text.strip()
+    refused = f"{what} {shown!r} (from the list)"
+    root = base.resolve()
+    if any(part.startswith(".") and part != ".." for part in Path(shown).parts):
+        raise InvalidRow(f"{refused} is a hidden file or folder: refused. Files named by a list "
+                         f"must be ordinary files in {base}{hint}")
+    path = _resolved(Path(shown), base)  # no ~ expansion: "~" in a cell is just a character
+    if not path.is_relative_to(root):
+        raise InvalidRow(f"{refused} is outside {base}: refused. Put the files the list names in {base}{hint}")
+    if any(part.startswith(".") for part in path.relative_to(root).parts):
+        raise InvalidRow(f"{refused} leads to a hidden file: refused")
+    for secret, label in protected.items():
+        if path == secret or path.is_relative_to(secret):
+            raise InvalidRow(f"{refused} is {label}: refused")
+    return _existing(what, path)
+
+
+def _resolved(path: Path, folder: Path) -> Path:
+    try:
+        return (folder / path).resolve()
+    except (OSError, ValueError, RuntimeError) as error:  # a NUL byte, a symbolic link loop
+        raise InvalidRow(f"{str(path)!r} is not a usable file name ({error})") from error
+
+
+def _existing(what: str, path: Path) -> Path:
+    try:
+        if path.is_file():
+            return path
+    except (OSError, ValueError):
+        pass  # a name too long for the file system: not found either
+    raise InvalidRow(f"{what} not found: {path}")

@@ -14,9 +14,23 @@ name such as ``O'Brien, Jung`` is one name, never two addresses.
 
 The body is plain text (``.txt``), HTML (``.html``) or Markdown (``.md``), by
 the file's extension or a ``Content-Type:`` header; awdeorio/mailmerge's
-hand-written ``multipart/alternative`` bodies work too. In HTML and Markdown
-every value from the list is HTML-escaped (``|safe`` opts out). Repeatable
+hand-written ``multipart/alternative`` bodies work too. Repeatable
 ``Attachment:`` headers name files, relative to the template's folder.
+
+Lists are written by strangers, so a value from the list is text, never markup:
+
+- In an HTML body, and in the HTML of a Markdown or hand-written multipart
+  body, each ``{{ value }}`` becomes an opaque placeholder while the template
+  renders (and while the Markdown is turned into HTML), then the placeholder
+  is replaced by the value, HTML-escaped. Markdown syntax in a cell
+  (``![x](.env)``, ``[click](https://...)``) thus shows as typed. ``|safe`` is
+  the author's explicit opt-out: that value is inserted as markup.
+- A header value with a line break or a control character makes the row
+  invalid.
+- A file named by the list (an ``Attachment:`` or ``Style:`` made with Jinja, an
+  ``<img src>`` not written in the template) is looked up only in the
+  attachments folder, and never a hidden file or one of the config's secrets
+  (see :func:`~mailmerge.content.resolve_list_file`).
 """
 
 from __future__ import annotations
@@ -26,16 +40,19 @@ import email.policy
 import functools
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import jinja2
-from jinja2 import meta, nodes
+from jinja2 import meta, nodes, pass_eval_context
+from jinja2.nodes import EvalContext
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import escape
 
-from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file
+from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file, resolve_list_file
 from .errors import InvalidRow, TemplateError, did_you_mean
 from .filters import FILTERS
 from .recipients import Recipient
@@ -140,6 +157,93 @@ class _Placeholders:
         return self.values[int(match.group(1))] if match else None
 
 
+class _BodyValues:
+    """Jinja ``finalize`` hook for HTML bodies: each ``{{ value }}`` becomes an
+    opaque token (digits only: Markdown, markdown-it's link encoding and
+    ``|upper`` leave it alone); :meth:`restore` puts the values back, escaped.
+    A value that is markup (``|safe``, a macro's output, an ``{% autoescape
+    false %}`` block) goes back as it is, with the tokens inside it restored."""
+
+    def __init__(self) -> None:
+        self.nonce = _nonce()
+        self.values: list[tuple[str, bool]] = []  # (text, is markup)
+        self.pattern = re.compile(rf"{self.nonce}(\d{{6}})")
+
+    @pass_eval_context
+    def finalize(self, context: EvalContext, value: Any) -> str:
+        markup = hasattr(value, "__html__") or not context.autoescape
+        self.values.append((str(value), markup))  # StrictUndefined raises here for a missing variable
+        return f"{self.nonce}{len(self.values) - 1:06d}"
+
+    def guard(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` (a filter), refusing text that holds tokens: in
+        ``{% filter upper %}Hi {{ name }}{% endfilter %}`` it would change the
+        tokens, not the values."""
+        if name in _TOKEN_SAFE_FILTERS:
+            return function
+
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if any(isinstance(arg, str) and self.pattern.search(arg) for arg in args[:2]):
+                raise jinja2.TemplateRuntimeError(
+                    f"|{name} on a block or macro that holds values: in an HTML or Markdown body, "
+                    f"apply it to each value instead ({{{{ name|{name} }}}})"
+                )
+            return function(*args, **kwargs)
+
+        return guarded
+
+    def restore(self, text: str, before: int | None = None) -> str:
+        """``text`` with each token replaced by its value, HTML-escaped unless
+        markup. A markup value holds only tokens made before it (a macro's
+        output is finished first), so it never expands itself."""
+        limit = len(self.values) if before is None else before
+
+        def value(match: re.Match[str]) -> str:
+            index = int(match.group(1))
+            if index >= limit:
+                return match.group(0)
+            text, markup = self.values[index]
+            return self.restore(text, index) if markup else str(escape(text))
+
+        return self.pattern.sub(value, text)
+
+
+# Filters that leave the tokens in their text as they are.
+_TOKEN_SAFE_FILTERS = {"safe", "escape", "e", "forceescape", "trim", "indent", "string", "default", "d"}
+
+
+def _nonce() -> str:
+    """12 random digits that cannot overlap themselves, so a token is found at
+    its place even between other digits."""
+    while True:
+        nonce = "".join(secrets.choice("0123456789") for _ in range(12))
+        if not any(nonce[:size] == nonce[-size:] for size in range(1, len(nonce))):
+            return nonce
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, with a bound on ``*`` and ``**``: ``{{ "★" * stars|int }}``
+    with ``stars`` = 10000000000 from the list would take all the memory."""
+
+    intercepted_binops = frozenset({"*", "**"})
+    MAX_ITEMS = 1_000_000  # a string or list made with *
+    MAX_BITS = 100_000  # an integer made with **
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        """``left operator right``, refused when the result would be huge."""
+        if operator == "*":
+            for items, times in ((left, right), (right, left)):
+                if isinstance(items, (str, list, tuple)) and isinstance(times, int) and len(items) * times > self.MAX_ITEMS:
+                    raise jinja2.TemplateRuntimeError(
+                        f"{len(items)} × {times} items is too large (at most {self.MAX_ITEMS:,})"
+                    )
+        elif (isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+              and right * abs(left).bit_length() > self.MAX_BITS):
+            raise jinja2.TemplateRuntimeError(f"{left} ** {right} is too large")
+        return super().call_binop(context, operator, left, right)
+
+
 @dataclass
 class TemplateSettings:
     """What the config adds to every template."""
@@ -147,7 +251,8 @@ class TemplateSettings:
     default_from: str | None = None  # [message] from
     unsubscribe: str | None = None  # [message] unsubscribe: a mailto: or https: address (Jinja)
     css: Path | None = None  # [message] css: a stylesheet inlined into HTML bodies
-    attachments_dir: Path | None = None  # files from the list may also come from here
+    attachments_dir: Path | None = None  # files the list names come from here (default: the template's folder)
+    protected: dict[Path, str] = field(default_factory=dict)  # files a list may never name -> what they are
 
 
 class MailTemplate:
@@ -163,14 +268,15 @@ class MailTemplate:
         self.kind = kind
         self.content_type = content_type  # the full header, for hand-written MIME bodies
         self.settings = settings or TemplateSettings()
-        self.allowed_dirs = [self.folder, *([self.settings.attachments_dir] if self.settings.attachments_dir else [])]
+        self.list_folder = self.settings.attachments_dir or self.folder  # where files named by the list are
+        self._protected = {path.resolve(): what for path, what in self.settings.protected.items()}
         self._placeholders = _Placeholders()
-        self._env = SandboxedEnvironment(
-            undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
-        )
+        self._body_values = _BodyValues()
+        self._env = _Sandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
         self._env.filters.update(FILTERS)
         self._address_env = self._env.overlay(finalize=self._placeholders)
-        self._html_env = self._env.overlay(autoescape=True)
+        self._html_env = self._env.overlay(autoescape=True, finalize=self._body_values.finalize)
+        self._html_env.filters = {name: self._body_values.guard(name, f) for name, f in self._env.filters.items()}
         self.parts = parts
         defaults = {"From": self.settings.default_from, "List-Unsubscribe": self.settings.unsubscribe}
         for name, value in defaults.items():
@@ -179,7 +285,7 @@ class MailTemplate:
         for part in self.parts:
             env = self._address_env if part.name in ADDRESS_HEADERS else self._env
             part.compiled = self._compile(env, part)
-            if part.name == "body" and kind in ("html", "markdown"):
+            if part.name == "body" and kind in ("html", "markdown", "mime"):
                 part.compiled_html = self._compile(self._html_env, part)
 
     def _compile(self, env: jinja2.Environment, part: _Part) -> jinja2.Template:
@@ -234,26 +340,27 @@ class MailTemplate:
         """
         draft = Draft(row=recipient.row, subject="", sender=[], to=[])
         css = ""
+        authors_images: set[str] = set()
         for part in self.parts:
             if part.name == "body":
-                self._render_body(part, recipient, draft)
+                authors_images = self._render_body(part, recipient, draft)
             elif part.name in ADDRESS_HEADERS:
                 boxes = self._render_addresses(part, recipient)
                 attribute = part.name.lower().replace("-", "_")
                 target = "sender" if attribute == "from" else attribute
                 getattr(draft, target).extend(boxes)
             elif part.name in ("Attachment", "Style"):
-                value = _single_line(part.name, self._render(part, recipient).strip())
+                value = _single_line(part.name, self._render(part, recipient).strip(), part.from_list)
                 if not value:
                     continue  # an empty cell: no attachment for this row
-                found = resolve_file(value, self.folder, self.allowed_dirs, from_list=part.from_list,
-                                     what=part.name.lower())
+                what = "attachment" if part.name == "Attachment" else "stylesheet"
+                found = self._file(value, from_list=part.from_list, what=what)
                 if part.name == "Attachment":
                     draft.attachments.append(found)
                 else:
                     css += _read_css(found)
             else:
-                value = _single_line(part.name, self._render(part, recipient).strip())
+                value = _single_line(part.name, self._render(part, recipient).strip(), part.from_list)
                 if part.name == "Subject":
                     draft.subject = value
                 elif part.name == "List-Unsubscribe":
@@ -266,30 +373,50 @@ class MailTemplate:
             if self.settings.css:
                 css = _read_css(self.settings.css) + css
             draft.html = inline_css(draft.html, css)
-            body = next(p for p in self.parts if p.name == "body")
             for src in local_images(draft.html):
-                draft.images[src] = resolve_file(src, self.folder, self.allowed_dirs,
-                                                 from_list=src not in body.source, what="image")
+                # An <img src> the template does not write came from a value (|safe, an attribute).
+                draft.images[src] = self._file(src, from_list=src not in authors_images, what="image")
         _check_size(draft)
         return draft
 
-    def _render_body(self, part: _Part, recipient: Recipient, draft: Draft) -> None:
-        """The text (and HTML) parts, by the kind of template."""
+    def _file(self, text: str, *, from_list: bool, what: str) -> Path:
+        """The file an Attachment, Style or image names (see the module's docstring)."""
+        if not from_list:
+            return resolve_file(text, self.folder, what=what)
+        hint = "" if self.settings.attachments_dir else " (or pass --attachments-dir DIR)"
+        return resolve_list_file(text, self.list_folder, what=what, protected=self._protected, hint=hint)
+
+    def _render_body(self, part: _Part, recipient: Recipient, draft: Draft) -> set[str]:
+        """The text (and HTML) parts, by the kind of template; returns the
+        local images the template itself names."""
+        html: str | None = None  # the HTML with the values as tokens
         if self.kind == "html":
-            draft.html = self._render(part, recipient, html=True)
-            draft.body = html_to_text(draft.html)
+            html = self._render_tokens(part, recipient)
         elif self.kind == "markdown":
-            draft.body = self._render(part, recipient)  # the Markdown source, unescaped
-            draft.html = markdown_to_html(self._render(part, recipient, html=True))
+            draft.body = self._render(part, recipient)  # the Markdown source, values as typed
+            html = _markdown_to_html(self._render_tokens(part, recipient))
         elif self.kind == "mime":
-            draft.body, draft.html = self._split_mime(self._render(part, recipient))
+            texts = self._split_mime(self._render(part, recipient))
+            html = self._split_mime(self._render_tokens(part, recipient)).get("text/html")
+            draft.body = texts.get("text/plain", "")
         else:
             draft.body = self._render(part, recipient)
+        if html is not None:
+            draft.html = self._body_values.restore(html)
+            if not draft.body:
+                draft.body = html_to_text(draft.html)
         if not draft.body.endswith("\n"):
             draft.body += "\n"
+        return set(_local_images(html)) if html is not None else set()
 
-    def _split_mime(self, body: str) -> tuple[str, str | None]:
-        """The text and HTML of a hand-written multipart body (awdeorio/mailmerge)."""
+    def _render_tokens(self, part: _Part, recipient: Recipient) -> str:
+        """The body rendered with each value as a token (see :class:`_BodyValues`)."""
+        self._body_values.values = []
+        return self._render(part, recipient, html=True)
+
+    def _split_mime(self, body: str) -> dict[str, str]:
+        """The first text/plain and text/html leaves of a hand-written
+        multipart body (awdeorio/mailmerge), by content type."""
         parsed = email.message_from_string(
             f"Content-Type: {self.content_type}\n\n{body}", policy=email.policy.default
         )
@@ -298,9 +425,7 @@ class MailTemplate:
             kind = leaf.get_content_type()
             if kind in ("text/plain", "text/html") and kind not in texts:
                 texts[kind] = str(leaf.get_content())
-        html = texts.get("text/html")
-        plain = texts.get("text/plain") or (html_to_text(html) if html else "")
-        return plain, html
+        return texts
 
     def _render(self, part: _Part, recipient: Recipient, *, html: bool = False) -> str:
         if html in part.constant:  # a part without Jinja renders the same for every row
@@ -312,18 +437,9 @@ class MailTemplate:
             if not part.from_list:
                 part.constant[html] = text
             return text
-        except jinja2.UndefinedError as error:
+        except Exception as error:  # noqa: BLE001 - whatever the template does wrong, in one line
             raise TemplateError(
-                f"{self._where(part, _error_line(error))}: row {recipient.row}: {error.message}"
-            ) from error
-        except jinja2.TemplateError as error:
-            raise TemplateError(
-                f"{self._where(part, _error_line(error))}: row {recipient.row}: {error}"
-            ) from error
-        except (TypeError, ValueError, ArithmeticError) as error:
-            raise TemplateError(
-                f"{self._where(part, _error_line(error))}: row {recipient.row}: "
-                f"{type(error).__name__}: {error}"
+                f"{self._where(part, _error_line(error))}: row {recipient.row}: {_describe(error)}"
             ) from error
 
     def _render_addresses(self, part: _Part, recipient: Recipient) -> list[Mailbox]:
@@ -338,9 +454,9 @@ class MailTemplate:
         self._placeholders.values = []
         text = self._render(part, recipient)
         for value in self._placeholders.values:
-            _single_line(part.name, value)
+            _single_line(part.name, value, True)
         boxes: list[Mailbox] = []
-        for name, address in _split_addresses(_single_line(part.name, text)):
+        for name, address in _split_addresses(_single_line(part.name, text, part.from_list)):
             whole = self._placeholders.whole(address) if not name else None
             if whole is not None:
                 # The cell holds the whole address: it may hold several ("a@x, b@y").
@@ -382,10 +498,49 @@ def _split_addresses(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(getaddresses([text]))
 
 
-def _single_line(header: str, value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise InvalidRow(f"the {header} header would contain a line break (from the list)")
-    return value
+# What may not be in a header value: C0 controls but TAB, DEL, C1 controls,
+# and every character str.splitlines() breaks at (U+2028...), which the email
+# package refuses when it builds the message: found here, ``check`` and
+# ``--dry-run`` find the same invalid rows as ``send``.
+_NOT_IN_HEADER = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _single_line(header: str, value: str, from_list: bool) -> str:
+    """``value``, or :class:`InvalidRow` when it has a line break or a control character."""
+    found = _NOT_IN_HEADER.search(value)
+    if found is None:
+        return value
+    source = "from the list" if from_list else "in the template"
+    char = found.group()
+    if len(f"a{char}b".splitlines()) > 1:
+        raise InvalidRow(f"the {header} header would contain a line break (U+{ord(char):04X}, {source})")
+    raise InvalidRow(f"the {header} header would contain a control character (U+{ord(char):04X}, {source})")
+
+
+@functools.lru_cache(maxsize=64)
+def _markdown_to_html(text: str) -> str:
+    # The text holds tokens, not values: the same for every row of the list.
+    return markdown_to_html(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _local_images(markup: str) -> tuple[str, ...]:
+    return tuple(local_images(markup))
+
+
+def _describe(error: Exception) -> str:
+    """An error raised while a template renders, for a person."""
+    if isinstance(error, jinja2.UndefinedError):
+        return str(error.message)
+    if isinstance(error, jinja2.TemplateError):
+        return str(error)
+    if isinstance(error, MemoryError):
+        return "the template needs more memory than there is (MemoryError)"
+    if isinstance(error, RecursionError):
+        return "a macro or include calls itself without end (RecursionError)"
+    if isinstance(error, KeyError):
+        return f"no key {error} (KeyError)"
+    return f"{type(error).__name__}: {error}"
 
 
 @functools.lru_cache(maxsize=32)

@@ -181,18 +181,20 @@ def test_unsubscribe_headers(folder: Path, address: str, post: bool) -> None:
 def test_attachment_paths_from_the_list_cannot_leave_the_folder(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     outside = tmp_path_factory.mktemp("outside")
     (outside / "secret.txt").write_text("secret", encoding="utf-8")
-    (folder / "link.txt").symlink_to(outside / "secret.txt")
     shared = tmp_path_factory.mktemp("shared")
+    (shared / "link.txt").symlink_to(outside / "secret.txt")
     (shared / "ok.pdf").write_bytes(PDF)
     rows = [("A", "a@example.com", "../" * 8 + "etc/passwd"), ("B", "b@example.com", "/etc/passwd"),
             ("C", "c@example.com", "link.txt"), ("D", "d@example.com", str(shared / "ok.pdf")),
-            ("E", "e@example.com", "invoices/007.pdf")]
+            ("E", "e@example.com", "ok.pdf"), ("F", "f@example.com", "invoices/007.pdf")]
     template = "From: c@example.com\nTo: {{ email }}\nSubject: Hi\nAttachment: {{ invoice_no }}\n\nHi\n"
     server, code, output = send(folder, "t.txt", template, rows, "--attachments-dir", str(shared))
 
     assert code == 3
     assert server.recipients() == ["d@example.com", "e@example.com"]
-    assert output.count("(from the list) is outside") == 3
+    assert output.count(f"(from the list) is outside {shared}: refused. Put the files the list names in {shared}\n") == 3
+    # With --attachments-dir, the list's files come from there only, not from the template's folder.
+    assert f"row 7: invalid: attachment not found: {shared / 'invoices' / '007.pdf'}" in output
     assert b"secret" not in b"".join(m.data for m in server.messages)
 
 

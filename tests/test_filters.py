@@ -121,8 +121,8 @@ def test_overlays_share_the_filters(tmp_path: Path) -> None:
     path.write_text("Subject: Hi\n\n<p>Hi</p>\n", encoding="utf-8")
     mail = load_template(path, default_from=SENDER)
     for env in (mail._env, mail._address_env, mail._html_env):
-        for name in FILTERS:
-            assert env.filters[name] is FILTERS[name]
+        for name in FILTERS:  # in HTML bodies wrapped, to refuse text holding placeholders
+            assert getattr(env.filters[name], "__wrapped__", env.filters[name]) is FILTERS[name]
         assert "default" in env.filters  # Jinja's own filters are still there
 
 

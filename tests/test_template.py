@@ -217,3 +217,14 @@ def test_missing_attribute_on_a_value_names_the_row(tmp_path: Path) -> None:
 def test_template_is_sandboxed(tmp_path: Path) -> None:
     with pytest.raises(TemplateError, match="unsafe"):
         render(tmp_path, "Subject: Hi\nTo: {{ email }}\n\n{{ ''.__class__.__mro__ }}\n")
+
+
+def test_macros_and_blocks_in_html_escape_each_value_once(tmp_path: Path) -> None:
+    text = ("Subject: Hi\nTo: {{ email }}\n\n"
+            "{% macro card(who) %}<div>{{ who }}</div>{% endmacro %}{{ card(name) }}"
+            "{% set hi %}Hi {{ name }}{% endset %}<p>{{ hi }}</p>"
+            "{% autoescape false %}<i>{{ name }}</i>{% endautoescape %}\n")
+    mail = load_template(write(tmp_path, text, "mail.html"), default_from=SENDER)
+    mail.check_columns(COLUMNS, first_row=2)
+    draft = mail.render(Recipient(row=2, values={"name": "<b>Kim</b>", "email": "kim@example.org"}))
+    assert draft.html == "<div>&lt;b&gt;Kim&lt;/b&gt;</div><p>Hi &lt;b&gt;Kim&lt;/b&gt;</p><i><b>Kim</b></i>\n"
