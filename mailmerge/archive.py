@@ -121,8 +121,7 @@ def _apply(journal: Journal, bounce: Bounce) -> list[int]:
     code = _smtp_code(bounce.diagnostic)
     reason = visible(f"bounced: {bounce.status} {bounce.diagnostic}".strip())  # shown by status and the report
     for message_id in bounce.references:
-        # Never without a Message-ID: mark_bounced would then mark the address alone.
-        entries = journal.mark_bounced(message_id, bounce.recipient, code, reason) if message_id else []
+        entries = journal.mark_bounced(message_id, bounce.recipient, code, reason)
         if entries:
             return sorted({e.row for e in entries})
     return []

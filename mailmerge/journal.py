@@ -485,16 +485,17 @@ class Journal:
                 (self.campaign, message_id, folder, time.time()),
             )
 
-    def mark_bounced(self, message_id: str | None, recipient: str, code: int | None, reason: str) -> list[Entry]:
-        """Mark the sent address a bounce is about (by the original Message-ID,
-        else by the address alone); return the lines it changed."""
+    def mark_bounced(self, message_id: str, recipient: str, code: int | None, reason: str) -> list[Entry]:
+        """Mark ``recipient`` bounced in the message ``message_id`` this campaign
+        sent it; return the lines it changed. Both are required: a mail that
+        names an address without referencing our message proves nothing
+        (anyone can write to the mailbox)."""
+        if not message_id:
+            return []
         # Made here, not with the table: every send would pay for keeping it up to date.
         self._db.execute("CREATE INDEX IF NOT EXISTS deliveries_message_id ON deliveries (message_id)")
-        where = "campaign = ? AND state IN ('sent', 'bounced') AND lower(address) = lower(?)"
-        params: tuple[object, ...] = (self.campaign, recipient)
-        if message_id:
-            where += " AND message_id = ?"
-            params += (message_id,)
+        where = "campaign = ? AND state IN ('sent', 'bounced') AND lower(address) = lower(?) AND message_id = ?"
+        params: tuple[object, ...] = (self.campaign, recipient, message_id)
         cursor = self._db.execute(
             "SELECT row, address, field, state, code, reason, message_id, date, row_hash, attempts "
             f"FROM deliveries WHERE {where}", params,
