@@ -282,10 +282,8 @@ def _check_extent(path: Path, data: bytes) -> None:
         return
     if not _PREFIXED.search(data) and len(_ANY_CELL.findall(data)) == data.count(b'<c r="'):
         # Every cell says where it is (as Excel, LibreOffice and openpyxl write): fast.
-        letters = set(_POSITION_LETTERS.findall(data))
-        digits = set(_POSITION_DIGITS.findall(data))
-        rows = max((_row_number(d) for d in digits), default=0)
-        columns = max((_column_number(word) for word in letters), default=0)
+        columns = max((_column_number(word) for word in set(_POSITION_LETTERS.findall(data))), default=0)
+        rows = _rows_past(data, min(EXCEL_LAST_ROW, EXCEL_MAX_CELLS // max(columns, 1)))
     else:
         rows, columns = _walk_cells(data)
     if rows > EXCEL_LAST_ROW or columns > EXCEL_LAST_COLUMN or rows * columns > EXCEL_MAX_CELLS:
@@ -295,6 +293,14 @@ def _check_extent(path: Path, data: bytes) -> None:
             f"{path}: a cell of the sheet is at {where}, which makes more than the {EXCEL_MAX_CELLS:,} cells "
             "mailmerge reads from Excel; delete what is after your data, or save the list as .csv"
         )
+
+
+def _rows_past(data: bytes, limit: int) -> int:
+    """The last row named in ``data`` when one is past ``limit``, else 0. Reads
+    only the row numbers as long as ``limit``'s: few, in a sheet within it."""
+    as_long = re.compile(rb"""r\s*=\s*["'][A-Za-z]*0*([1-9][0-9]{%d,})["']""" % (len(str(limit)) - 1))
+    last = max((_row_number(digits) for digits in set(as_long.findall(data))), default=0)
+    return last if last > limit else 0
 
 
 def _walk_cells(data: bytes) -> tuple[int, int]:
