@@ -442,8 +442,8 @@ def _finish(ui: Ui, plan: Plan, journal: Journal, result: MergeResult, report_pa
     else:
         if not ui.quiet:
             out.print(summary_table(summary, seconds, result.messages, report_path))
-        out.print(summary.line(), markup=False)
-        out.print(f"report: {report_path}", markup=False)
+        ui.say(summary.line())
+        ui.say(f"report: {report_path}")  # a list's file name can come from a stranger too
     raise typer.Exit(code)
 
 

@@ -17,6 +17,9 @@ import importlib.util
 import io
 import math
 import re
+import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import RecipientsError, did_you_mean
+from .report import from_spreadsheet
 
 CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
 EXCEL_SUFFIXES = {".xlsx", ".xlsm"}
@@ -128,8 +132,14 @@ def excel_engine() -> str:
 
 
 def _read_excel_table(path: Path, sheet: str | None, engine: str) -> list[list[Any]]:
+    with tempfile.TemporaryDirectory(prefix="mailmerge-") as folder:
+        checked = checked_excel_copy(path, Path(folder))
+        return _read_checked_excel(path, checked, sheet, engine)
+
+
+def _read_checked_excel(path: Path, checked: Path, sheet: str | None, engine: str) -> list[list[Any]]:
     try:
-        with pd.ExcelFile(path, engine=engine) as book:
+        with pd.ExcelFile(checked, engine=engine) as book:
             names = [str(name) for name in book.sheet_names]  # worksheets only, no charts
             if sheet is not None and sheet not in names:
                 raise RecipientsError(
@@ -137,7 +147,7 @@ def _read_excel_table(path: Path, sheet: str | None, engine: str) -> list[list[A
                     f"(sheets: {', '.join(names)})"
                 )
             if not names:
-                return []
+                raise RecipientsError(f"{path}: the workbook has no sheet; put the list on a sheet")
             frame = pd.read_excel(
                 book,
                 # By name: calamine's sheet index counts chart sheets too.
@@ -150,10 +160,7 @@ def _read_excel_table(path: Path, sheet: str | None, engine: str) -> list[list[A
     except RecipientsError:
         raise
     except Exception as error:  # zipfile, openpyxl, calamine and pandas each raise their own
-        raise RecipientsError(
-            f"{path}: cannot read this Excel file ({type(error).__name__}: {error}); "
-            "open it in Excel and save it again as .xlsx"
-        ) from error
+        raise RecipientsError(_unreadable(path, f"{type(error).__name__}: {error}")) from error
     table = frame.values.tolist()
     if engine == "openpyxl":
         table = [[_unescape_ooxml(v) if isinstance(v, str) else v for v in row] for row in table]
@@ -169,6 +176,172 @@ def _unescape_ooxml(text: str) -> str:
     if "_x" not in text:
         return text
     return _OOXML_CONTROL.sub(lambda match: chr(int(match.group(1), 16)), text)
+
+
+# --- Excel: unpacked within limits before a reader sees it -------------------
+#
+# An .xlsx is a zip archive of XML. A small one can unpack to gigabytes (a zip
+# bomb), and a sheet with one cell at XFD1048576 makes calamine allocate every
+# cell up to it, which aborts the process. So the archive is unpacked here,
+# through Python's zipfile (which never inflates past the sizes it declares and
+# checks each part's CRC), within these limits, and packed again (the fastest
+# compression: calamine reads an uncompressed archive more slowly): the Excel
+# reader only ever sees bytes that were counted. A real 100,000-row
+# list unpacks to 30 MB (5 columns) to 126 MB (20 columns, text inline).
+
+EXCEL_MAX_UNPACKED = 256 * 1024 * 1024  # bytes, all parts together
+EXCEL_MAX_RATIO = 200  # unpacked/packed, for a part of more than EXCEL_RATIO_FROM
+EXCEL_RATIO_FROM = 1024 * 1024
+EXCEL_MAX_PARTS = 10_000
+EXCEL_MAX_CELLS = 10_000_000  # the rows times the columns that the sheet spans
+EXCEL_LAST_ROW, EXCEL_LAST_COLUMN = 1_048_576, 16_384  # Excel's own limits (XFD1048576)
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0"  # .xls, and any workbook saved with a password
+
+
+def checked_excel_copy(path: Path, folder: Path) -> Path:
+    """Unpack the .xlsx/.xlsm at ``path`` within the limits above and pack it
+    again into ``folder``; return the copy's path. Raises
+    :class:`RecipientsError` (one line, naming the limit) for a file that is
+    not a workbook, is damaged, or goes past a limit."""
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic == _OLE_MAGIC:
+        raise RecipientsError(_unreadable(path, "an old .xls file, or a workbook with a password"))
+    if magic != _ZIP_MAGIC:
+        raise RecipientsError(_unreadable(path, "not a zip archive, as every .xlsx is"))
+    copy = folder / f"checked{path.suffix.lower()}"
+    try:
+        with zipfile.ZipFile(path) as archive, \
+                zipfile.ZipFile(copy, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as checked:
+            parts = [info for info in archive.infolist() if not info.is_dir()]
+            _check_declared(path, parts)
+            unpacked = 0
+            for info in parts:
+                with archive.open(info) as member:  # stops at the declared size
+                    data = member.read(EXCEL_MAX_UNPACKED - unpacked + 1)
+                unpacked += len(data)
+                if unpacked > EXCEL_MAX_UNPACKED:  # not reached while the sizes tell the truth
+                    raise RecipientsError(_too_big(path))
+                _check_extent(path, data)
+                checked.writestr(info.filename, data)
+    except RecipientsError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as error:
+        raise RecipientsError(_unreadable(path, f"damaged: {error}")) from error
+    except OSError as error:
+        raise RecipientsError(f"{path}: cannot read the file ({error.strerror or error})") from error
+    return copy
+
+
+def _check_declared(path: Path, parts: list[zipfile.ZipInfo]) -> None:
+    """Refuse an archive whose directory already says it is too big."""
+    if len(parts) > EXCEL_MAX_PARTS:
+        raise RecipientsError(f"{path}: {len(parts):,} parts in the archive, more than the {EXCEL_MAX_PARTS:,} "
+                              "mailmerge reads; save the list as .csv")
+    names = [info.filename for info in parts]
+    if len(set(names)) != len(names):
+        raise RecipientsError(_unreadable(path, "damaged: a part appears twice"))
+    if sum(info.file_size for info in parts) > EXCEL_MAX_UNPACKED:
+        raise RecipientsError(_too_big(path))
+    for info in parts:
+        if info.file_size > EXCEL_RATIO_FROM and info.file_size > EXCEL_MAX_RATIO * max(info.compress_size, 1):
+            raise RecipientsError(
+                f"{path}: the part {info.filename} unpacks to {info.file_size // max(info.compress_size, 1):,} "
+                f"times its size (the limit is {EXCEL_MAX_RATIO}): not a list saved by a spreadsheet; "
+                "save the list as .csv"
+            )
+
+
+def _unreadable(path: Path, why: str) -> str:
+    return f"{path}: cannot read this Excel file ({why}); open it in Excel and save it again as .xlsx"
+
+
+def _too_big(path: Path) -> str:
+    return (f"{path}: unpacks to more than {EXCEL_MAX_UNPACKED // 2**20} MB (an .xlsx is a zip archive), the limit "
+            "mailmerge reads; save the list as .csv, which has no limit")
+
+
+# Where a cell is: the r="B7" of a <c> (a <row> has r="7"). The pattern takes r
+# in any form calamine accepts (spaces around =, either quote, lower case),
+# and ends of other attribute names too ("...r=") when their value looks like a
+# position: that can only overestimate.
+_POSITION_LETTERS = re.compile(rb"""r\s*=\s*["']([A-Za-z]*)[0-9]+["']""")
+_POSITION_DIGITS = re.compile(rb"""r\s*=\s*["'][A-Za-z]*0*([0-9]+)["']""")
+_ANY_CELL = re.compile(rb"<c(?=[\s/>])")
+_PREFIXED = re.compile(rb":(?:c|row)[\s/>]")
+_TAG = re.compile(rb"<(/?)(?:[A-Za-z_][\w.-]*:)?(row|c)(?=[\s/>])([^>]*)>")
+_R_VALUES = re.compile(rb"""(?:^|\s)r\s*=\s*["']([A-Za-z]*)0*([0-9]+)["']""")
+
+
+def _check_extent(path: Path, data: bytes) -> None:
+    """Refuse a part that places a cell so far out that the sheet would span
+    more than EXCEL_MAX_CELLS cells (calamine holds the whole rectangle)."""
+    if b"<c" not in data:
+        return
+    if not _PREFIXED.search(data) and len(_ANY_CELL.findall(data)) == data.count(b'<c r="'):
+        # Every cell says where it is (as Excel, LibreOffice and openpyxl write): fast.
+        columns = max((_column_number(word) for word in set(_POSITION_LETTERS.findall(data))), default=0)
+        rows = _rows_past(data, min(EXCEL_LAST_ROW, EXCEL_MAX_CELLS // max(columns, 1)))
+    else:
+        rows, columns = _walk_cells(data)
+    if rows > EXCEL_LAST_ROW or columns > EXCEL_LAST_COLUMN or rows * columns > EXCEL_MAX_CELLS:
+        where = f"{_column_letters(columns)}{rows}" if columns <= EXCEL_LAST_COLUMN and rows <= EXCEL_LAST_ROW \
+            else "beyond XFD1048576, the last cell of Excel"
+        raise RecipientsError(
+            f"{path}: a cell of the sheet is at {where}, which makes more than the {EXCEL_MAX_CELLS:,} cells "
+            "mailmerge reads from Excel; delete what is after your data, or save the list as .csv"
+        )
+
+
+def _rows_past(data: bytes, limit: int) -> int:
+    """The last row named in ``data`` when one is past ``limit``, else 0. Reads
+    only the row numbers as long as ``limit``'s: few, in a sheet within it."""
+    as_long = re.compile(rb"""r\s*=\s*["'][A-Za-z]*0*([1-9][0-9]{%d,})["']""" % (len(str(limit)) - 1))
+    last = max((_row_number(digits) for digits in set(as_long.findall(data))), default=0)
+    return last if last > limit else 0
+
+
+def _walk_cells(data: bytes) -> tuple[int, int]:
+    """The last row and column a cell lands on, placed as calamine places them
+    (a cell or a row without r follows the one before; ``<c/>`` is a cell).
+    Slow; only for files whose cells do not all say where they are."""
+    row = column = last_row = last_column = 0  # row, column: where the next cell goes (from 0)
+    for closing, name, attributes in _TAG.findall(data):
+        if closing:
+            if name == b"row":
+                row, column = row + 1, 0
+            continue
+        # Several r in one tag: the largest, which can only overestimate.
+        positions = [(_row_number(d), _column_number(w)) for w, d in _R_VALUES.findall(attributes)]
+        if name == b"row":
+            if positions:
+                row = max(r for r, _ in positions) - 1
+            if attributes.endswith(b"/"):
+                row, column = row + 1, 0
+            continue
+        if positions:
+            row_here, column_here = max(r for r, _ in positions) - 1, max(c for _, c in positions) - 1
+        else:
+            row_here, column_here = row, column
+        column = column_here + 1
+        last_row, last_column = max(last_row, row_here + 1), max(last_column, column_here + 1)
+    return last_row, last_column
+
+
+def _row_number(digits: bytes) -> int:
+    return int(digits) if len(digits) <= 8 else EXCEL_LAST_ROW + 1
+
+
+def _column_number(letters: bytes) -> int:
+    """Excel's number of a column (A -> 1, AA -> 27); 0 for none."""
+    if len(letters) > 4:
+        return EXCEL_LAST_COLUMN + 1
+    number = 0
+    for letter in letters.upper():
+        number = number * 26 + letter - ord("A") + 1
+    return number
 
 
 # --- CSV -------------------------------------------------------------------
@@ -187,7 +360,14 @@ def _csv_chunks(path: Path, encoding: str | None, notes: list[str]) -> Callable[
         size = path.stat().st_size
     except OSError as error:
         raise RecipientsError(f"{path}: cannot read the file ({error.strerror})") from error
+    if sample.startswith((_ZIP_MAGIC, _OLE_MAGIC)):
+        raise RecipientsError(f"{path}: this is an Excel file, not a CSV file; rename it to .xlsx")
     text, used, guessed = decode_text(sample, encoding, path, partial=size > len(sample))
+    if "\x00" in text:  # no text file has NUL characters (UTF-16 decoded has none left)
+        raise RecipientsError(
+            f"{path}: not a text file (it has NUL bytes); "
+            "a CSV list is text: save it from your spreadsheet as 'CSV UTF-8'"
+        )
     if guessed:
         notes.append(
             f"{path.name}: not UTF-8; read it as {used} ({ENCODING_NAMES.get(used, used)}). "
@@ -210,10 +390,7 @@ def _csv_chunks(path: Path, encoding: str | None, notes: list[str]) -> Callable[
         except pd.errors.EmptyDataError:
             return
         except pd.errors.ParserError as error:
-            raise RecipientsError(
-                f"{path}: the rows do not line up ({error}); "
-                "a value with the delimiter in it needs quotes around it"
-            ) from error
+            raise RecipientsError(_parser_error(path, error)) from error
         except UnicodeDecodeError as error:
             raise RecipientsError(
                 f"{path}: not valid {used} further in the file ({error.reason}); "
@@ -221,6 +398,18 @@ def _csv_chunks(path: Path, encoding: str | None, notes: list[str]) -> Callable[
             ) from error
 
     return chunks
+
+
+def _parser_error(path: Path, error: Exception) -> str:
+    """pandas' complaint about a CSV file, said for a person, in one line."""
+    text = " ".join(str(error).split())
+    if quote := re.search(r"EOF inside string starting at row (\d+)", text):
+        return (f"{path}: a quote (\") opened in line {int(quote[1]) + 1} is never closed; "
+                "close it, or remove it")
+    if fields := re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text):
+        return (f"{path}: the rows do not line up: line {fields[2]} has {fields[3]} values, the first {fields[1]}; "
+                "a value with the delimiter in it needs quotes around it")
+    return f"{path}: cannot read this CSV file ({text.removeprefix('Error tokenizing data. ')})"
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -247,9 +436,13 @@ def decode_text(data: bytes, encoding: str | None, path: Path, *, partial: bool 
     """
     if encoding:
         try:
-            return _decode(data, encoding, partial), encoding, False
+            text_codec = codecs.lookup(encoding)._is_text_encoding  # not zlib, base64, rot13
         except LookupError as error:
-            raise RecipientsError(f"--encoding {encoding}: no such encoding") from error
+            raise RecipientsError(f"--encoding {encoding}: no such encoding; try utf-8, cp949 or cp1252") from error
+        if not text_codec:
+            raise RecipientsError(f"--encoding {encoding}: not an encoding of text; try utf-8, cp949 or cp1252")
+        try:
+            return _decode(data, encoding, partial), encoding, False
         except UnicodeDecodeError as error:
             raise RecipientsError(
                 f"{path}: not valid {encoding} at byte {error.start}; "
@@ -326,7 +519,10 @@ def sniff_delimiter(text: str) -> str:
         head = head[: head.rindex("\n")]
     best, best_score = ",", (0.0, 1)
     for delimiter in DELIMITERS:
-        rows = [row for row in csv.reader(io.StringIO(head), delimiter=delimiter) if row][:50]
+        try:  # newline="": a CR alone ends a line, as pandas reads it
+            rows = [row for row in csv.reader(io.StringIO(head, newline=""), delimiter=delimiter) if row][:50]
+        except csv.Error:  # a stray quote: the file's own problem, said when pandas reads it
+            continue
         if not rows or len(rows[0]) < 2:
             continue
         width = len(rows[0])
@@ -436,12 +632,18 @@ def _to_recipients(
 
 
 def _numbered_rows(tables: Iterator[Sequence[Sequence[Any]]]) -> Iterator[tuple[int, list[str]]]:
-    """Each row as text, with its number in the sheet (the first row is 1)."""
+    """Each row as text, with its number in the sheet (the first row is 1).
+
+    A value that a spreadsheet export protected against formulas (``'=1+1``,
+    ``'-bob@example.com``, as our report writes them) gets its value back."""
     number = 0
     for table in tables:
         for raw in table:
             number += 1
-            yield number, [cell_text(value) for value in raw]
+            row = [cell_text(value) for value in raw]
+            if "\n'" in "\n" + "\n".join(row):  # a cell starts with ': rare, so found for the whole row at once
+                row = [from_spreadsheet(text) for text in row]
+            yield number, row
 
 
 def _recipient(number: int, row: list[str], columns: list[str | None]) -> Recipient:

@@ -3,6 +3,11 @@ progress while sending, the summary table, and the ``--json`` documents.
 
 Human text goes to stderr (and the summary to stdout); with ``--json``,
 stdout carries exactly one JSON object and nothing else.
+
+Much of what is shown comes from strangers (cells of the list, server replies,
+bounce texts): every printing function here shows it through
+:func:`~mailmerge.report.visible` (an ESC in a cell is printed ``\\x1b``, it
+does not reach the terminal), and never as Rich markup or emoji codes.
 """
 
 from __future__ import annotations
@@ -24,11 +29,16 @@ from rich.table import Table
 from .errors import MailmergeError
 from .message import OutgoingMessage, structure
 from .outcome import Outcome, Status, row_status
-from .report import Summary
+from .report import Summary, visible
 
 T = TypeVar("T")
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+LINES = "\n\t"  # the control characters a multi-line text may keep on the terminal
+
+# Inside JSON strings, the control characters json.dumps leaves raw (DEL, C1,
+# bidi overrides) as \\u escapes: the same string to a parser, inert on a terminal.
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in (*range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
 @dataclass
@@ -43,8 +53,8 @@ class Ui:
     def fail(self, error: MailmergeError) -> NoReturn:
         """One line saying what is wrong (JSON with ``--json``), and its exit code."""
         if self.debug:
-            traceback.print_exception(error)
-        err.print(f"error: {error}", style="red", markup=False)
+            sys.stderr.write(visible("".join(traceback.format_exception(error)), LINES))
+        err.print(f"error: {visible(str(error), LINES)}", style="red", markup=False)
         if self.json:
             self.emit({"error": str(error), "exit_code": error.exit_code})
         raise typer.Exit(error.exit_code)
@@ -58,16 +68,17 @@ class Ui:
 
     def note(self, text: str, style: str | None = "yellow") -> None:
         """Something the person should know (stderr)."""
-        err.print(text, style=style, markup=False)
+        err.print(visible(text, LINES), style=style, markup=False)
 
     def say(self, text: str, style: str | None = None) -> None:
         """Regular output (stdout), silent with ``--json``."""
         if not self.json:
-            out.print(text, style=style, markup=False)
+            out.print(visible(text, LINES), style=style, markup=False)
 
     def emit(self, document: dict[str, Any]) -> None:
         """The ``--json`` result: one object on stdout."""
-        sys.stdout.write(json.dumps({"command": self.command, **document}, ensure_ascii=False, indent=2) + "\n")
+        text = json.dumps({"command": self.command, **document}, ensure_ascii=False, indent=2)
+        sys.stdout.write(text.translate(_JSON_ESCAPES) + "\n")
         sys.stdout.flush()
 
 
@@ -89,7 +100,7 @@ class SendProgress:
     def __enter__(self) -> SendProgress:
         if err.is_terminal and not self.ui.quiet:
             columns = (
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]} msg/s"), TimeRemainingColumn(),
                 TextColumn("refused {task.fields[problems]}"),
             )
@@ -120,6 +131,7 @@ class SendProgress:
 
     def notify(self, text: str) -> None:
         """News (a pause, a reconnection): the bar's label on a terminal."""
+        text = visible(text)
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, description=text if len(text) < 60 else text[:57] + "...")
             self._progress.console.print(text, markup=False)
@@ -130,7 +142,7 @@ class SendProgress:
 def _outcome_line(o: Outcome) -> str:
     code = f"{o.code} " if o.code else ""
     detail = f": {code}{o.reason}" if o.status is not Status.SENT else ""
-    return f"row {o.row}: {o.status.value} {o.address}{detail}"
+    return visible(f"row {o.row}: {o.status.value} {o.address}{detail}")
 
 
 def summary_table(summary: Summary, seconds: float, messages: int, report: Path) -> Table:
@@ -143,7 +155,7 @@ def summary_table(summary: Summary, seconds: float, messages: int, report: Path)
         table.add_row(label, f"{summary.counts[state]:,}")
     table.add_row("time", f"{seconds:.1f} s")
     table.add_row("messages/s", f"{messages / seconds:.1f}" if seconds > 0 else "-")
-    table.add_row("report", str(report))
+    table.add_row("report", visible(str(report)))
     return table
 
 
