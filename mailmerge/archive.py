@@ -26,6 +26,7 @@ from .imap import Bounce, ImapConfig, ImapSession
 from .journal import Journal
 from .merge import Plan
 from .message import build_message
+from .untrusted import visible
 
 
 def imap_config(settings: ImapSettings) -> ImapConfig:
@@ -125,16 +126,6 @@ def _apply(journal: Journal, bounce: Bounce) -> list[int]:
         if entries:
             return sorted({e.row for e in entries})
     return []
-
-
-_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def visible(text: str) -> str:
-    """``text`` safe to print on a terminal: control characters (ESC and the
-    other C0 and C1 codes, DEL) shown as ``\\x1b`` and so on, never obeyed.
-    For what a mail says of itself (a stranger's text)."""
-    return _INVISIBLE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _smtp_code(diagnostic: str) -> int | None:

@@ -20,7 +20,7 @@ import typer
 
 from . import __version__
 from .config import Config, SendConfig, SmtpConfig, find_config, load_config
-from .archive import collect_bounces, imap_config, parse_since, save_sent_copies, visible
+from .archive import collect_bounces, imap_config, parse_since, save_sent_copies
 from .credentials import find_imap_secret, find_secret, forget_password, store_password
 from .imap import ImapSession
 from .errors import ConfigError, InputError, MailmergeError
@@ -35,6 +35,7 @@ from .outcome import Status
 from .pacing import StopSignal, parse_duration, parse_rate
 from .recipients import read_recipients
 from .report import Summary, default_report_path, write_report
+from .untrusted import visible
 from .template import TemplateSettings, load_template
 from .transport import SmtpSession
 from .ui import SendProgress, Ui, counts_json, message_json, out, rows_json, summary_table

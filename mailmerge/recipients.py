@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import RecipientsError, did_you_mean
-from .report import from_spreadsheet
+from .untrusted import from_spreadsheet
 
 CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
 EXCEL_SUFFIXES = {".xlsx", ".xlsm"}

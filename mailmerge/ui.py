@@ -6,7 +6,7 @@ stdout carries exactly one JSON object and nothing else.
 
 Much of what is shown comes from strangers (cells of the list, server replies,
 bounce texts): every printing function here shows it through
-:func:`~mailmerge.report.visible` (an ESC in a cell is printed ``\\x1b``, it
+:func:`~mailmerge.untrusted.visible` (an ESC in a cell is printed ``\\x1b``, it
 does not reach the terminal), and never as Rich markup or emoji codes.
 """
 
@@ -29,7 +29,8 @@ from rich.table import Table
 from .errors import MailmergeError
 from .message import OutgoingMessage, structure
 from .outcome import Outcome, Status, row_status
-from .report import Summary, visible
+from .report import Summary
+from .untrusted import visible
 
 T = TypeVar("T")
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
