@@ -351,6 +351,14 @@ CSV_SAMPLE_BYTES = 1 << 20  # enough to tell the encoding and the delimiter
 CSV_CHUNK_ROWS = 20_000
 
 
+def _looks_binary(text: str) -> bool:
+    """NUL in more than one character in a thousand: a binary file, not a list.
+    A stray one in a cell (a web form's export) is not enough: that row is
+    then judged on its own (a control character in a header makes it invalid)."""
+    found = text.count("\x00")
+    return found > 3 and found * 1000 > len(text)
+
+
 def _csv_chunks(path: Path, encoding: str | None, notes: list[str]) -> Callable[[], Iterator[list[list[Any]]]]:
     """Find the encoding and delimiter from the file's start; return a function
     that reads the whole file, in chunks of rows, each time it is called."""
@@ -363,9 +371,9 @@ def _csv_chunks(path: Path, encoding: str | None, notes: list[str]) -> Callable[
     if sample.startswith((_ZIP_MAGIC, _OLE_MAGIC)):
         raise RecipientsError(f"{path}: this is an Excel file, not a CSV file; rename it to .xlsx")
     text, used, guessed = decode_text(sample, encoding, path, partial=size > len(sample))
-    if "\x00" in text:  # no text file has NUL characters (UTF-16 decoded has none left)
+    if _looks_binary(text):
         raise RecipientsError(
-            f"{path}: not a text file (it has NUL bytes); "
+            f"{path}: not a text file (it is full of NUL bytes); "
             "a CSV list is text: save it from your spreadsheet as 'CSV UTF-8'"
         )
     if guessed:

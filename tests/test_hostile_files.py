@@ -381,7 +381,7 @@ def write_bytes(path: Path, data: bytes) -> Path:
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
-        ("binary-as-latin-1", "l.csv: not a text file (it has NUL bytes)"),
+        ("binary-as-latin-1", "l.csv: not a text file (it is full of NUL bytes)"),
         ("binary-without-nul-as-latin-1", "l.csv: "),
         ("binary-guessed", "l.csv: "),
         ("unknown-codec", "--encoding klingon: no such encoding"),
