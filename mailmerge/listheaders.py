@@ -37,19 +37,14 @@ def is_no_post(name: str, value: str) -> bool:
     return name == "List-Post" and value.strip().upper().startswith("NO")
 
 
-def split_uris(header: str, text: str) -> list[str]:
-    """The URIs of a header value: each in angle brackets (``<a>, <b>``), or,
-    without brackets, separated by commas. Empty ones are dropped."""
-    if "<" not in text and ">" not in text:
-        return [piece.strip() for piece in text.split(",") if piece.strip()]
-    pieces = re.split(r"<([^<>]*)>", text)
-    outside = "".join(pieces[0::2])
-    if outside.replace(",", "").strip():
-        raise InvalidRow(
-            f"the {header} header has '{outside.replace(',', '').strip()[:40]}' outside the angle "
-            "brackets; write each address in brackets, separated by commas: <https://...>, <mailto:...>"
-        )
-    return [piece.strip() for piece in pieces[1::2] if piece.strip()]
+def split_uris(text: str) -> list[str]:
+    """The URIs of a header value: each in angle brackets (``<a>, <b>``, as
+    RFC 2369 writes them), or bare and separated by commas. Empty ones are
+    dropped; a comma inside angle brackets belongs to its URI."""
+    uris = []
+    for index, piece in enumerate(re.split(r"<([^<>]*)>", text)):
+        uris += [piece] if index % 2 else piece.split(",")  # odd pieces: in brackets
+    return [uri.strip() for uri in uris if uri.strip()]
 
 
 def to_uri(header: str, text: str) -> str:

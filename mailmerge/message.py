@@ -310,7 +310,7 @@ def _list_header(name: str, value: str) -> _Folded | None:
     """A list header, folded only between its URIs, or between the words of a
     List-Id's name and before its ``<id>``; None for any other header."""
     if name in URI_HEADERS and not is_no_post(name, value):
-        uris = split_uris(name, value)
+        uris = split_uris(value)
         for uri in uris:
             if to_uri(name, uri) != uri:  # the template makes them so; a Draft made elsewhere may not
                 raise ValueError(f"the {name} header holds {uri!r}, which is not a URI as it is")

@@ -492,7 +492,7 @@ class MailTemplate:
             _single_line(part.name, value, True)
         if is_no_post(part.name, text):
             return [(part.name, self._placeholders.restore(text).strip())]
-        pieces = [self._placeholders.restore(piece).strip() for piece in split_uris(part.name, text)]
+        pieces = [self._placeholders.restore(piece).strip() for piece in split_uris(text)]
         uris = [to_uri(part.name, piece) for piece in pieces if piece]  # an empty cell: no address
         if not uris:
             return []
@@ -529,7 +529,7 @@ class MailTemplate:
             others = f" (and {more:,} more row{'s' if more > 1 else ''})" if more else ""
             warnings.append(
                 f"{part.name} ({where}) puts {{{{ {column} }}}} into the URL as it is; row {row}'s {value!r} "
-                f"has {describe_chars(needs_encoding(value))}, which change the URL{others}: "
+                f"has {describe_chars(needs_encoding(value))}, to be encoded in a URL{others}: "
                 f"write {{{{ {column} | urlencode }}}}"
             )
         return warnings
