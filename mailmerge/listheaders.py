@@ -30,6 +30,7 @@ MAX_LINE = 998  # octets in a line of a message, CRLF not counted (RFC 5322 2.1.
 _URI_SAFE = "-._~:/?#[]@!$&'()*+,;=%"
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_URI = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")  # already a URI: nothing to encode
 
 
 def is_no_post(name: str, value: str) -> bool:
@@ -55,7 +56,7 @@ def to_uri(header: str, text: str) -> str:
         raise InvalidRow(
             f"the {header} header needs a URI such as https://... or mailto:..., not '{text[:60]}'"
         )
-    uri = quote(_STRAY_PERCENT.sub("%25", _ascii_host(header, text)), safe=_URI_SAFE)
+    uri = text if _URI.fullmatch(text) else quote(_STRAY_PERCENT.sub("%25", _ascii_host(header, text)), safe=_URI_SAFE)
     if len(f"{header}: <{uri}>,") > MAX_LINE:
         raise InvalidRow(
             f"the {header} address is {len(uri):,} characters long, and a line of a message may "

@@ -316,9 +316,14 @@ def _list_header(name: str, value: str) -> _Folded | None:
                 raise ValueError(f"the {name} header holds {uri!r}, which is not a URI as it is")
         return _Folded(name, ", ".join(f"<{uri}>" for uri in uris), tuple(uri_words(uris)))
     if name == "List-Id":
-        phrase, list_id = parse_list_id(value)
-        return _Folded(name, value, (*_phrase_words(name, phrase), f"<{list_id}>"))
+        return _list_id_header(value)
     return None
+
+
+@functools.lru_cache(maxsize=64)  # the same List-Id on every row, or a few
+def _list_id_header(value: str) -> _Folded:
+    phrase, list_id = parse_list_id(value)
+    return _Folded("List-Id", value, (*_phrase_words("List-Id", phrase), f"<{list_id}>"))
 
 
 def _phrase_words(name: str, phrase: str) -> list[str]:
