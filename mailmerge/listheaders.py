@@ -35,7 +35,7 @@ _URI = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*") 
 
 def is_no_post(name: str, value: str) -> bool:
     """``List-Post: NO``: a list that takes no posts (RFC 2369 3.4), not a URI."""
-    return name == "List-Post" and value.strip().upper().startswith("NO")
+    return name == "List-Post" and re.match(r"NO\b", value.strip(), re.IGNORECASE) is not None
 
 
 def split_uris(text: str) -> list[str]:
@@ -67,14 +67,14 @@ def to_uri(header: str, text: str) -> str:
 
 def _ascii_host(header: str, text: str) -> str:
     """``text`` with a non-ASCII host name written in IDNA (``xn--...``)."""
-    parts = urlsplit(text)
-    host = parts.hostname or ""
-    if host.isascii():
-        return text
     try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        if host.isascii():
+            return text
         ascii_host = idna.encode(host, uts46=True).decode("ascii")
-    except idna.IDNAError as error:
-        raise InvalidRow(f"the {header} header has a domain that is not valid: '{host}' ({error})") from error
+    except (ValueError, idna.IDNAError) as error:  # urlsplit: "Invalid IPv6 URL" and the like
+        raise InvalidRow(f"the {header} header has an address that is not valid: '{text[:60]}' ({error})") from error
     # hostname is lower-cased: replace the host as written, case-insensitively.
     netloc = re.sub(re.escape(host), ascii_host, parts.netloc, count=1, flags=re.IGNORECASE)
     return parts._replace(netloc=netloc).geturl()

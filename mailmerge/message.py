@@ -4,7 +4,8 @@ and its envelope (who it is from and to whom it goes, Bcc included).
 Non-ASCII subjects and display names are encoded per RFC 2047 (``policy.SMTP``);
 an address whose local part is not ASCII (``josé@example.com``) needs SMTPUTF8,
 and then the whole message is written in UTF-8 (``policy.SMTPUTF8``). The Bcc
-addresses are in the envelope, never in a header.
+addresses are in the envelope, never in a header. List headers (URIs in angle
+brackets, List-Id) are folded here, never encoded: see :mod:`mailmerge.listheaders`.
 """
 
 from __future__ import annotations

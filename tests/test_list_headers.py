@@ -349,3 +349,17 @@ def test_a_message_built_from_a_draft_refuses_a_uri_that_is_not_one() -> None:
 
     with pytest.raises(InvalidRow, match="not a URI as it is"):
         build_message(draft)
+
+
+def test_list_post_no_is_kept_and_a_broken_host_from_a_cell_is_an_invalid_row(tmp_path: Path) -> None:
+    template = "List-Post: NO (posting not allowed)\nList-Archive: <https://{{ sig }}/archive>\n" + PLAIN_TEMPLATE
+
+    server, output, code = send(tmp_path, template, [("ann@example.org", "bücher.example"), ("bob@example.org", "[::ü")])
+
+    assert code == 3
+    [message] = server.messages
+    assert header_lines(message.data, "List-Post") == [[b"List-Post: NO (posting not allowed)"]]
+    assert header_lines(message.data, "List-Archive") == [[b"List-Archive: <https://xn--bcher-kva.example/archive>"]]
+    assert "row 3: invalid: the List-Archive header has an address that is not valid: 'https://[::ü/archive' " \
+           "(Invalid IPv6 URL)" in " ".join(output.split())
+    assert "Traceback" not in output
