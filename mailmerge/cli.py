@@ -103,6 +103,7 @@ def _prepare(
         settings = TemplateSettings(
             default_from=config.message.sender,
             unsubscribe=config.message.unsubscribe,
+            list_id=config.message.list_id,
             css=config.message.css,
             attachments_dir=attachments_dir,
             protected=_protected_files(config, list_path),
@@ -112,6 +113,8 @@ def _prepare(
     config, plan = ui.run(prepare)
     for outcomes in plan.invalid.values():
         ui.note(f"row {outcomes[0].row}: invalid: {outcomes[0].reason}")
+    for warning in plan.template.url_warnings(plan.recipients):
+        ui.note(f"warning: {warning}")
     return config, plan
 
 
@@ -524,6 +527,7 @@ def check(
         ui.emit({
             "counts": {"rows": len(plan.recipients), "to_send": plan.to_send, "invalid": len(plan.invalid)},
             "invalid": [{"row": row, "reason": outcomes[0].reason} for row, outcomes in plan.invalid.items()],
+            "warnings": plan.template.url_warnings(plan.recipients),
             "smtp": {"checked": smtp_check, "steps": steps},
         })
     raise typer.Exit(EXIT_REFUSED if plan.invalid else EXIT_OK)

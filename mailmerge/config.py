@@ -14,6 +14,7 @@
     max_recipients_per_message = 100   # To, Cc and Bcc of one message
     [message]
     from = "Me <me@gmail.com>"
+    list_id = "Club news <news.club.example.com>"   # optional: List-Id (RFC 2919)
 
 The file is looked for beside the list, then in the current folder, unless
 given with ``--config``. Every ``[smtp]`` key can be overridden by an
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, did_you_mean
+from .listheaders import LIST_ID_FORM, parse_list_id
 from .pacing import Backoff, parse_duration, parse_rate
 from .providers import PROVIDERS
 
@@ -124,6 +126,7 @@ class MessageConfig:
     sender: str | None = None  # the `from` key
     template: Path | None = None
     unsubscribe: str | None = None  # a mailto: or https: address, Jinja per row
+    list_id: str | None = None  # List-Id (RFC 2919): "Club news <news.club.example.com>"
     css: Path | None = None  # a stylesheet inlined into HTML bodies
 
 
@@ -160,7 +163,7 @@ _SMTP_KEYS = (
     "provider", "host", "port", "security", "username", "ca_file", "timeout",
     "auth", "password_command", "oauth2_token_command", "allow_insecure_auth",
 )
-_MESSAGE_KEYS = ("from", "template", "unsubscribe", "css")
+_MESSAGE_KEYS = ("from", "template", "unsubscribe", "list_id", "css")
 _IMAP_KEYS = ("provider", "host", "port", "security", "username", "ca_file", "timeout", "save_sent", "sent_folder")
 _SEND_KEYS = (
     "rate", "batch_size", "batch_pause", "max_messages", "max_per_connection", "connections", "journal_fsync",
@@ -217,6 +220,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
     message = data.get("message", {})
     config.message.sender = _text(message, "from", where)
     config.message.unsubscribe = _text(message, "unsubscribe", where)
+    config.message.list_id = _list_id(_text(message, "list_id", where), where)
     template, css = _text(message, "template", where), _text(message, "css", where)
     config.message.template = base / template if template else None
     config.message.css = base / css if css else None
@@ -342,6 +346,18 @@ def _text(section: Mapping[str, Any], key: str, where: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ConfigError(f"{where}: '{key}' must be text in quotes")
+    return value
+
+
+def _list_id(value: str | None, where: str) -> str | None:
+    """[message] list_id, checked now: a List-Id a filter cannot read is worse than none.
+    Text with Jinja in it is checked per row, once rendered."""
+    if value is None or "{{" in value or "{%" in value:
+        return value
+    try:
+        parse_list_id(value)
+    except ValueError as error:
+        raise ConfigError(f"{where}: list_id in [message]: {error}; {LIST_ID_FORM}") from error
     return value
 
 

@@ -4,7 +4,8 @@ and its envelope (who it is from and to whom it goes, Bcc included).
 Non-ASCII subjects and display names are encoded per RFC 2047 (``policy.SMTP``);
 an address whose local part is not ASCII (``josé@example.com``) needs SMTPUTF8,
 and then the whole message is written in UTF-8 (``policy.SMTPUTF8``). The Bcc
-addresses are in the envelope, never in a header.
+addresses are in the envelope, never in a header. List headers (URIs in angle
+brackets, List-Id) are folded here, never encoded: see :mod:`mailmerge.listheaders`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from email_validator import EmailNotValidError, validate_email
 from .config import RecipientLimit
 from .content import replace_image_sources
 from .errors import InvalidRow
+from .listheaders import URI_HEADERS, fold, is_no_post, parse_list_id, split_uris, to_uri, uri_words
 from .template import Draft, Mailbox
 
 
@@ -214,7 +216,11 @@ def build_message(
                     message[name] = _header_value(boxes, utf8)
             message["Subject"] = draft.subject
             for name, value in draft.other_headers:
-                message[name] = value
+                folded = _list_header(name, value)
+                if folded is not None:
+                    _add_encoded(message, name, folded)
+                else:
+                    message[name] = value
         else:
             _add_encoded(message, "From", _addresses([sender]))
             for name, boxes in headers.items():
@@ -222,7 +228,7 @@ def build_message(
                     _add_encoded(message, name, _addresses(boxes))
             _add_encoded(message, "Subject", _text_value("Subject", draft.subject))
             for name, value in draft.other_headers:
-                _add_encoded(message, name, _text_value(name, value))
+                _add_encoded(message, name, _list_header(name, value) or _text_value(name, value))
         date = date or _now()
         message_id = message_id or make_msgid(domain=domain)
         _add_encoded(message, "Date", date)
@@ -278,6 +284,59 @@ def _text_value(name: str, value: str) -> str:
     if len(value.splitlines()) > 1:  # what the email package refuses too (\u2028...)
         raise ValueError(f"a line break in the {name} header")
     return value if value.isascii() else Header(value, "utf-8", header_name=name).encode()
+
+
+class _Folded(str):
+    """A header mailmerge folds itself, between the words it is given: a URI
+    list (RFC 2369) or a List-Id (RFC 2919). The email package would refold a
+    long one into RFC 2047 encoded-words, in which no client finds a URI.
+    The string is the header's value as a person reads it."""
+
+    name: str
+    words: tuple[str, ...]
+
+    def __new__(cls, name: str, value: str, words: tuple[str, ...]) -> _Folded:
+        folded = super().__new__(cls, value)
+        folded.name, folded.words = name, words  # name: the attribute the email package looks for
+        return folded
+
+    def fold(self, *, policy: policy.Policy) -> str:
+        return fold(self.name, self.words, policy.linesep, policy.max_line_length or 78)
+
+    def __reduce__(self) -> tuple[type[_Folded], tuple[str, str, tuple[str, ...]]]:  # for copy.deepcopy
+        return _Folded, (self.name, str(self), self.words)
+
+
+def _list_header(name: str, value: str) -> _Folded | None:
+    """A list header, folded only between its URIs, or between the words of a
+    List-Id's name and before its ``<id>``; None for any other header."""
+    if name in URI_HEADERS and not is_no_post(name, value):
+        uris = split_uris(value)
+        for uri in uris:
+            if to_uri(name, uri) != uri:  # the template makes them so; a Draft made elsewhere may not
+                raise ValueError(f"the {name} header holds {uri!r}, which is not a URI as it is")
+        return _Folded(name, ", ".join(f"<{uri}>" for uri in uris), tuple(uri_words(uris)))
+    if name == "List-Id":
+        return _list_id_header(value)
+    return None
+
+
+@functools.lru_cache(maxsize=64)  # the same List-Id on every row, or a few
+def _list_id_header(value: str) -> _Folded:
+    phrase, list_id = parse_list_id(value)
+    return _Folded("List-Id", value, (*_phrase_words("List-Id", phrase), f"<{list_id}>"))
+
+
+def _phrase_words(name: str, phrase: str) -> list[str]:
+    """The display name of a List-Id as words: atoms, one quoted string, or
+    RFC 2047 encoded-words when it is not ASCII."""
+    if not phrase:
+        return []
+    if not phrase.isascii():
+        return Header(phrase, "utf-8", header_name=name).encode().split()
+    if re.search(r'[()<>\[\]:;@\\,."]|=\?', phrase):
+        return [f'"{quote(phrase)}"']
+    return phrase.split()
 
 
 def _set_body(message: EmailMessage, draft: Draft, domain: str) -> None:

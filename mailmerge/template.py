@@ -27,6 +27,10 @@ Lists are written by strangers, so a value from the list is text, never markup:
   the author's explicit opt-out: that value is inserted as markup.
 - A header value with a line break or a control character makes the row
   invalid.
+- In a URI header (``List-Unsubscribe``, ``List-Help``...) the template's text
+  alone says where each URI begins and ends; a value stays inside its URI,
+  percent-encoded where a URI may not hold the character (see
+  :mod:`mailmerge.listheaders`).
 - A file named by the list (an ``Attachment:`` or ``Style:`` made with Jinja, an
   ``<img src>`` not written in the template) is looked up only in the
   attachments folder, and never a hidden file or one of the config's secrets
@@ -40,7 +44,7 @@ import email.policy
 import functools
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 from pathlib import Path
@@ -55,6 +59,10 @@ from markupsafe import escape
 from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file, resolve_list_file
 from .errors import InvalidRow, TemplateError, did_you_mean
 from .filters import FILTERS
+from .listheaders import (
+    LIST_ID_FORM, URI_HEADERS, describe_chars, is_no_post, needs_encoding, parse_list_id, raw_url_columns,
+    split_uris, to_uri,
+)
 from .recipients import Recipient
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
@@ -64,7 +72,8 @@ RESERVED_HEADERS = ("Content-Transfer-Encoding", "Message-ID", "Date")
 CONTROL_HEADERS = ("Attachment", "Style", "Content-Type", "MIME-Version")
 _CANONICAL = {
     name.lower(): name
-    for name in (*ADDRESS_HEADERS, "Subject", "List-Unsubscribe", *RESERVED_HEADERS, *CONTROL_HEADERS)
+    for name in (*ADDRESS_HEADERS, "Subject", *URI_HEADERS, "List-Unsubscribe-Post", "List-Id",
+                 *RESERVED_HEADERS, *CONTROL_HEADERS)
 }
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024  # what Gmail, Outlook and most providers accept
 BodyKind = Literal["text", "html", "markdown", "mime"]
@@ -250,6 +259,7 @@ class TemplateSettings:
 
     default_from: str | None = None  # [message] from
     unsubscribe: str | None = None  # [message] unsubscribe: a mailto: or https: address (Jinja)
+    list_id: str | None = None  # [message] list_id: "Club news <news.club.example.com>" (Jinja)
     css: Path | None = None  # [message] css: a stylesheet inlined into HTML bodies
     attachments_dir: Path | None = None  # files the list names come from here (default: the template's folder)
     protected: dict[Path, str] = field(default_factory=dict)  # files a list may never name -> what they are
@@ -278,12 +288,14 @@ class MailTemplate:
         self._html_env = self._env.overlay(autoescape=True, finalize=self._body_values.finalize)
         self._html_env.filters = {name: self._body_values.guard(name, f) for name, f in self._env.filters.items()}
         self.parts = parts
-        defaults = {"From": self.settings.default_from, "List-Unsubscribe": self.settings.unsubscribe}
+        defaults = {"From": self.settings.default_from, "List-Unsubscribe": self.settings.unsubscribe,
+                    "List-Id": self.settings.list_id}
         for name, value in defaults.items():
             if value and not any(p.name == name for p in parts):
                 self.parts.insert(0, _Part(name, value, []))
         for part in self.parts:
-            env = self._address_env if part.name in ADDRESS_HEADERS else self._env
+            # A URI list renders with placeholders too: the template alone says where a URI ends.
+            env = self._address_env if part.name in (*ADDRESS_HEADERS, *URI_HEADERS) else self._env
             part.compiled = self._compile(env, part)
             if part.name == "body" and kind in ("html", "markdown", "mime"):
                 part.compiled_html = self._compile(self._html_env, part)
@@ -359,12 +371,15 @@ class MailTemplate:
                     draft.attachments.append(found)
                 else:
                     css += _read_css(found)
+            elif part.name in URI_HEADERS:
+                draft.other_headers += self._render_uris(part, recipient)
             else:
                 value = _single_line(part.name, self._render(part, recipient).strip(), part.from_list)
                 if part.name == "Subject":
                     draft.subject = value
-                elif part.name == "List-Unsubscribe":
-                    draft.other_headers += _unsubscribe_headers(value)
+                elif part.name == "List-Id":
+                    if value:
+                        draft.other_headers.append((part.name, _list_id(value)))
                 else:
                     draft.other_headers.append((part.name, value))
         if not draft.to and not draft.cc and not draft.bcc:
@@ -466,6 +481,59 @@ class MailTemplate:
             boxes.extend(Mailbox(n.strip(), a.strip()) for n, a in pairs if n or a)
         return boxes
 
+    def _render_uris(self, part: _Part, recipient: Recipient) -> list[tuple[str, str]]:
+        """A URI list header (RFC 2369), each URI checked and percent-encoded
+        (see :mod:`mailmerge.listheaders`). List-Unsubscribe with an https
+        address also gets List-Unsubscribe-Post (RFC 8058), which Gmail and
+        Yahoo require from bulk senders."""
+        self._placeholders.values = []
+        text = _single_line(part.name, self._render(part, recipient), part.from_list)
+        for value in self._placeholders.values:
+            _single_line(part.name, value, True)
+        if is_no_post(part.name, text):
+            return [(part.name, self._placeholders.restore(text).strip())]
+        pieces = [self._placeholders.restore(piece).strip() for piece in split_uris(text)]
+        uris = [to_uri(part.name, piece) for piece in pieces if piece]  # an empty cell: no address
+        if not uris:
+            return []
+        headers = [(part.name, ", ".join(f"<{uri}>" for uri in uris))]
+        one_click = any(uri.lower().startswith("https://") for uri in uris)
+        if part.name == "List-Unsubscribe" and one_click and not any(p.name == "List-Unsubscribe-Post" for p in self.parts):
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        return headers
+
+    # --- warnings before sending ----------------------------------------------
+
+    def url_warnings(self, recipients: Iterable[Recipient]) -> list[str]:
+        """Where a URL header puts a column into a URL as it is (no ``| urlencode``)
+        and a row's value holds characters that change the URL (``+`` becomes a
+        space on most servers, ``&`` and ``#`` cut it): one warning per header
+        and column, with the first such row and the fix."""
+        raw = [(part, column) for part in self.parts if part.name in URI_HEADERS
+               for column in raw_url_columns(self._env, part.source)]
+        if not raw:
+            return []
+        first: dict[int, tuple[int, str]] = {}  # index in raw -> (row, value)
+        counts = dict.fromkeys(range(len(raw)), 0)
+        for recipient in recipients:
+            for index, (_, column) in enumerate(raw):
+                value = recipient.values.get(column, "")
+                if needs_encoding(value):
+                    counts[index] += 1
+                    first.setdefault(index, (recipient.row, value))
+        warnings = []
+        for index, (row, value) in first.items():
+            part, column = raw[index]
+            where = f"template line {part.lines[0]}" if part.lines else "unsubscribe in the config"
+            more = counts[index] - 1
+            others = f" (and {more:,} more row{'s' if more > 1 else ''})" if more else ""
+            warnings.append(
+                f"{part.name} ({where}) puts {{{{ {column} }}}} into the URL as it is; row {row}'s {value!r} "
+                f"has {describe_chars(needs_encoding(value))}, to be encoded in a URL{others}: "
+                f"write {{{{ {column} | urlencode }}}}"
+            )
+        return warnings
+
     def _where(self, part: _Part, line: int | None) -> str:
         if not part.lines:  # a header that came from the config or a default
             return f"{self.path}: {part.name} (default)"
@@ -551,16 +619,13 @@ def _read_css(path: Path) -> str:
         raise InvalidRow(f"cannot read the stylesheet {path}: {error}") from error
 
 
-def _unsubscribe_headers(value: str) -> list[tuple[str, str]]:
-    """List-Unsubscribe (RFC 2369), and List-Unsubscribe-Post for a one-click
-    https address (RFC 8058), as Gmail and Yahoo require from bulk senders."""
-    uris = [uri.strip().strip("<>") for uri in value.split(",") if uri.strip()]
-    if not uris:
-        return []
-    headers = [("List-Unsubscribe", ", ".join(f"<{uri}>" for uri in uris))]
-    if any(uri.lower().startswith("https://") for uri in uris):
-        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-    return headers
+def _list_id(value: str) -> str:
+    """A List-Id value (RFC 2919), or InvalidRow saying the form."""
+    try:
+        name, list_id = parse_list_id(value)
+    except ValueError as error:
+        raise InvalidRow(f"the List-Id header: {error}; {LIST_ID_FORM}") from error
+    return f"{name} <{list_id}>" if name else f"<{list_id}>"
 
 
 def _check_size(draft: Draft) -> None:
@@ -670,9 +735,9 @@ def _header_part(parts: list[_Part], raw_name: str, value: str, number: int, pat
     if name in RESERVED_HEADERS:
         raise TemplateError(f"{path}: line {number}: mailmerge sets {name} itself; remove it")
     earlier = next((p for p in parts if p.name == name), None)
-    if earlier is not None and name in ("From", "Subject", "Content-Type"):
+    if earlier is not None and name in ("From", "Subject", "Content-Type", "List-Id"):
         raise TemplateError(f"{path}: line {number}: a second {name} header")
-    if earlier is not None and name in ADDRESS_HEADERS:  # To: a, then To: b
+    if earlier is not None and name in (*ADDRESS_HEADERS, *URI_HEADERS):  # To: a, then To: b
         earlier.add_line(", ", value, number)
         return earlier
     part = _Part(name, value, [number])
