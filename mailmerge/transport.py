@@ -371,7 +371,7 @@ class SmtpSession:
                 if tx.refused_for_now:
                     self.cautious = True
                     self.close()  # no more on this connection for now: the caller waits, then reconnects
-                    error = ConnectionLost(f"{self.config.host} asks to slow down: {tx.mail[0]} {tx.mail[1]}")  # type: ignore[index]
+                    error = ConnectionLost(f"{self.config.host} asks to slow down: {tx.refused_for_now}")
                     raise _Interrupted(error, [job] + ([nxt] if nxt is not None else []), handled)
                 if tx.data is not None and tx.data[0] == 354 and tx.accepted:
                     job.before_end(tx.accepted)
@@ -393,8 +393,10 @@ class SmtpSession:
             else:
                 lost = ConnectionLost(f"the connection to {self.config.host} was lost: {error or 'closed'}")
             maybe_delivered = not isinstance(error, _ServerClosed)  # a 421 to the end of DATA: not taken
-            again = [j for t in live if not t.settled for j in [t.interrupted(maybe_delivered)] if j is not None]
-            raise _Interrupted(lost, again + ([nxt] if nxt is not None else []), handled) from error
+            pending = [t for t in live if not t.settled]
+            again = [j for t in pending for j in [t.interrupted(maybe_delivered)] if j is not None]
+            progress = handled + sum(t.decided for t in pending)  # a refusal kept is progress too
+            raise _Interrupted(lost, again + ([nxt] if nxt is not None else []), progress) from error
         return handled
 
 
@@ -425,6 +427,7 @@ class _Transaction:
         self.replied: dict[str, Outcome] = {}  # refused or deferred by the reply to their RCPT
         self.past_dot = False  # the end of DATA went out (or may have)
         self.settled = False  # every target has its outcome
+        self.decided = False  # some target got a final outcome (progress, even if the session ends)
 
     def take(self, step: _Step, code: int, text: str) -> None:
         """The server's reply to ``step``."""
@@ -442,13 +445,14 @@ class _Transaction:
         # (a RCPT after a failed MAIL got "503 need MAIL": MAIL's reply says why; RSET's says nothing)
 
     @property
-    def refused_for_now(self) -> bool:
-        """MAIL FROM got a 4xx: the server limits the sender (too much mail)."""
-        return self.mail is not None and 400 <= self.mail[0] < 500
+    def refused_for_now(self) -> str:
+        """MAIL FROM's reply when it was a 4xx (the server limits the sender:
+        too much mail), else ""."""
+        return f"{self.mail[0]} {self.mail[1]}" if self.mail is not None and 400 <= self.mail[0] < 500 else ""
 
     def settle(self, code: int | None, text: str, status: Status | None = None) -> None:
         """Each target gets the reply to its RCPT, or else this one."""
-        self.settled = True
+        self.settled = self.decided = True
         self.job.done(_settled(self.job.message, self.job.targets, self.replied, code, text, status))
 
     def settle_envelope(self) -> None:
@@ -466,7 +470,7 @@ class _Transaction:
         if self.mail is not None and self.mail[0] >= 500:
             self.settle(*self.mail)
             return None
-        self.settled = True
+        self.settled, self.decided = True, bool(self.replied)
         if self.replied:
             self.job.done([self.replied[t.address] for t in self.job.targets if t.address in self.replied])
         rest = [t for t in self.job.targets if t.address not in self.replied]
