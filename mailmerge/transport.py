@@ -343,8 +343,10 @@ class SmtpSession:
             nonlocal taken
             while not limit or taken < limit:
                 job = next_job(wait)
-                if job is None or not job.message.smtputf8 or smtp.has_extn("smtputf8"):
-                    taken += job is not None
+                if job is None:
+                    return None
+                if not job.message.smtputf8 or smtp.has_extn("smtputf8"):
+                    taken += 1
                     return job
                 _Transaction(job).settle(None, NO_SMTPUTF8, Status.REFUSED)  # not a word on the wire
             return None
@@ -510,7 +512,8 @@ class _Wire:
         """Send what is held, then read every reply up to the one to ``step``
         of ``tx`` (its last one when None). Raises :class:`_ServerClosed` on 421."""
         self.flush()
-        while any(t is tx and (step is None or s is step) for t, s in self.expected):
+        waited = [i for i, (t, s) in enumerate(self.expected) if t is tx and (step is None or s is step)]
+        for _ in range(waited[-1] + 1 if waited else 0):
             target, answered = self.expected.popleft()
             code, reply = self.smtp.getreply()
             if code == 421:
@@ -582,10 +585,12 @@ class SmtpClient:
     """The session of a whole run, kept open across faults.
 
     Opens the session when first needed; after a dropped connection, a
-    timeout or a 421 it reconnects (TLS and AUTH again) with exponential
-    backoff and sends what was surely not delivered again; it also starts a
-    fresh session after ``max_per_connection`` messages. A wrong password is
-    never retried.
+    timeout, a 421 or a 4xx to MAIL FROM (the server limits the sender) it
+    reconnects (TLS and AUTH again) with exponential backoff and sends what
+    was surely not delivered again. The backoff starts over after a session
+    that settled something (a refusal kept counts). It also starts a fresh
+    session after ``max_per_connection`` messages. A wrong password is never
+    retried.
     """
 
     def __init__(
