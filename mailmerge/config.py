@@ -101,7 +101,9 @@ class SendConfig:
     connections: int = 1  # sessions side by side (relays that allow several)
     journal_fsync: bool = False  # sync each in-flight mark to disk: at most once across a power cut
     recipient_limit: RecipientLimit = field(default_factory=RecipientLimit)  # a row over it is invalid
-    reconnect: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=60.0, attempts=5))
+    # 1, 2, 4 ... 32, 60 s: about 2 minutes in all, more than the 60 s window in
+    # which servers such as Postfix count a client's messages and connections.
+    reconnect: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=60.0, attempts=7))
     retry: Backoff = field(default_factory=lambda: Backoff(initial=30.0, maximum=600.0, attempts=3))
 
 

@@ -132,3 +132,8 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """The wait before attempt number ``attempt`` (1 is the first retry)."""
         return min(self.maximum, self.initial * (2 ** max(attempt - 1, 0)))
+
+    @property
+    def total(self) -> float:
+        """Seconds waited in all when every attempt is needed."""
+        return sum(self.delay(n) for n in range(1, self.attempts + 1))

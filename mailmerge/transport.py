@@ -4,7 +4,10 @@ from the start), EHLO, AUTH once, every message, QUIT.
 Each message goes out as MAIL, one RCPT per address, DATA, so every address
 gets its own outcome with the server's code and text. A 5xx is a refusal; a
 4xx is a temporary failure; a 421 or a dropped connection ends the session
-(:class:`~mailmerge.errors.ConnectionLost`).
+(:class:`~mailmerge.errors.ConnectionLost`), and so does a 4xx to MAIL FROM
+(the server limits the sender: wait, then go on). Whatever ends a session,
+the replies already read are kept. One loop sends every message
+(:meth:`SmtpSession.stream`), pipelined or one command at a time.
 """
 
 from __future__ import annotations
@@ -120,6 +123,9 @@ class SmtpSession:
         self._log = log
         self._step = step
         self._smtp: smtplib.SMTP | None = None
+        # A MAIL FROM was refused for now (a sender rate limit): from then on,
+        # for the rest of the run, each MAIL waits for its reply before RCPTs follow.
+        self.cautious = False
 
     # --- opening and closing ------------------------------------------------
 
@@ -262,7 +268,7 @@ class SmtpSession:
     ) -> None:
         self.close()
 
-    # --- sending ----------------------------------------------------------------
+    # --- sending: one loop for one message or a stream of them -----------------
 
     @property
     def is_open(self) -> bool:
@@ -281,92 +287,26 @@ class SmtpSession:
         content went out and before the final ``.`` that makes the server take
         responsibility for the message: the journal marks them in flight there.
 
-        Raises :class:`ConnectionLost` when the connection drops or the server
-        closes it (421). Its outcomes say, per address, whether the message
-        was surely not delivered (``failed``: send it again) or may have been
-        (``unknown``: the end of DATA went out, no reply came).
+        Raises :class:`ConnectionLost` when the connection drops, the server
+        closes it (421) or asks to slow down (a 4xx to MAIL FROM). Its outcomes
+        keep every reply that came (a 550 stays ``refused``); the other
+        addresses are ``failed`` (surely not delivered: send it again) or
+        ``unknown`` (the end of DATA went out, no reply came).
         """
-        smtp = self._smtp
-        if smtp is None:
+        if self._smtp is None:
             raise ConnectionLost("the SMTP session is not open")
         targets = message.recipients if recipients is None else recipients
-        replied: dict[str, Outcome] = {}  # addresses with a final answer of their own
-
-        def settle(status: Status, code: int | None, reason: str) -> list[Outcome]:
-            """Every target without an answer of its own gets this one."""
-            return _settled(message, targets, replied, code, reason, status)
-
-        if message.smtputf8 and not smtp.has_extn("smtputf8"):
-            reason = (
-                "not sent: the message has an internationalized address and the "
-                "server does not accept them (no SMTPUTF8)"
-            )
-            return settle(Status.REFUSED, None, reason)
-
-        eightbit = smtp.has_extn("8bitmime")
-        options = ["BODY=8BITMIME"] if eightbit else []
-        if message.smtputf8:
-            options.append("SMTPUTF8")
-        end_of_data_sent = False
+        outcomes: list[Outcome] = []
+        jobs = iter([Job(message, targets, before_data_end or (lambda accepted: None), outcomes.extend)])
         try:
-            code, reply = smtp.mail(message.sender, options)
-            if code != 250:
-                return self._not_accepted(code, _text(reply), settle)
-            accepted = []
-            for r in targets:
-                code, reply = smtp.rcpt(r.address)
-                if code in (250, 251):
-                    accepted.append(r)
-                elif code == 421:
-                    return self._not_accepted(code, _text(reply), settle)
-                else:
-                    replied[r.address] = _outcome(message, r, status_of(code), code, _text(reply))
-            if not accepted:
-                self._reset()
-                return settle(Status.FAILED, None, "")  # every target has its answer
-            code, reply = smtp.docmd("DATA")
-            if code != 354:
-                return self._not_accepted(code, _text(reply), settle)
-            smtp.send(_dot_stuffed(message.as_bytes(eightbit=eightbit)))
-            if before_data_end is not None:
-                before_data_end(accepted)
-            end_of_data_sent = True
-            smtp.send(b".\r\n")
-            code, reply = smtp.getreply()
-            if code == 250:
-                return settle(Status.SENT, code, _text(reply))
-            return self._not_accepted(code, _text(reply), settle)
-        except (smtplib.SMTPServerDisconnected, OSError) as error:
-            self.abort()
-            if end_of_data_sent:
-                lost = settle(
-                    Status.UNKNOWN,
-                    None,
-                    f"the connection was lost ({error or 'closed'}) after the message was sent and "
-                    "before the server confirmed it: it may have been delivered",
-                )
-            else:
-                lost = settle(Status.FAILED, None, f"not sent: the connection was lost ({error or 'closed'})")
-            raise ConnectionLost(f"the connection to {self.config.host} was lost: {error or 'closed'}", lost) from error
-
-    def _not_accepted(self, code: int, reply: str, settle: Callable[[Status, int | None, str], list[Outcome]]) -> list[Outcome]:
-        """A reply other than 250 to MAIL or DATA, or a 421 anywhere."""
-        if code == 421:  # the server closes the session: not a refusal, send again
-            results = settle(Status.FAILED, code, f"not sent: {reply}")
-            self.abort()
-            raise ConnectionLost(f"{self.config.host} closed the session: {code} {reply}", results)
-        results = settle(status_of(code), code, reply)
-        self._reset()
-        return results
-
-    def _reset(self) -> None:
-        try:
-            if self._smtp is not None:
-                self._smtp.rset()
-        except (smtplib.SMTPException, OSError):
-            self.abort()
-
-    # --- a stream of messages, pipelined when the server allows ----------------
+            self.stream(lambda wait: next(jobs, None))
+        except _Interrupted as interrupted:
+            reason = f"not sent: {interrupted.error}"
+            outcomes += [_outcome(message, t, Status.FAILED, None, reason) for job in interrupted.retry for t in job.targets]
+            order = {t.address: i for i, t in enumerate(targets)}
+            outcomes.sort(key=lambda outcome: order[outcome.address])
+            raise ConnectionLost(str(interrupted.error), outcomes) from interrupted
+        return outcomes
 
     def stream(self, next_job: Callable[[bool], Job | None], limit: int = 0) -> int:
         """Send the jobs ``next_job`` gives until it gives None (or ``limit``
@@ -374,132 +314,211 @@ class SmtpSession:
 
         ``next_job(False)`` must not wait: None then means "none ready now"
         and the session finishes what it has before asking ``next_job(True)``.
-        With PIPELINING (RFC 2920) each message costs one round trip: its
-        content, the final ``.``, and the next message's MAIL, RCPTs and DATA go
-        in one write. Raises :class:`_Interrupted` when the connection drops
-        or the server says 421, with the jobs to send again.
+
+        This is the one send loop. Each message is MAIL, one RCPT per address,
+        DATA, the content and its final ``.``; every reply is read, in order,
+        by :class:`_Wire`, and kept by the message's :class:`_Transaction`.
+        Without PIPELINING (RFC 2920) each command waits for its reply. With
+        it, a message costs one round trip: its content, the final ``.``, and
+        the next message's MAIL, RCPTs and DATA go in one write; after a MAIL
+        FROM that failed for now, each MAIL waits for its reply before the
+        RCPTs follow (no RCPT or DATA answered "503 need MAIL" while the server
+        limits us).
+
+        Raises :class:`_Interrupted` when the connection drops, the server
+        says 421, or it refuses a MAIL FROM for now (a 4xx: a sender rate
+        limit; the session is closed, so that the caller waits before it
+        connects again). The replies that came are kept in the outcomes; the
+        interruption carries the jobs to send again.
         """
         smtp = self._smtp
         assert smtp is not None
-        if smtp.has_extn("pipelining"):
-            return self._stream_pipelined(smtp, next_job, limit)
-        handled = 0
-        while not limit or handled < limit:
-            job = next_job(True)
-            if job is None:
-                break
-            try:
-                outcomes = self.send(job.message, job.targets, job.before_end)
-            except ConnectionLost as lost:
-                retry = [o for o in lost.outcomes if o.status is Status.FAILED]
-                job.done([o for o in lost.outcomes if o.status is not Status.FAILED])
-                raise _Interrupted(lost, [(job, retry)] if retry else [], handled) from lost
-            handled += 1
-            job.done(outcomes)
-        return handled
-
-    def _stream_pipelined(self, smtp: smtplib.SMTP, next_job: Callable[[bool], Job | None], limit: int) -> int:
-        eightbit = smtp.has_extn("8bitmime")
-        handled = 0
+        wire = _Wire(smtp)
+        pipelining, eightbit = smtp.has_extn("pipelining"), smtp.has_extn("8bitmime")
+        taken = handled = 0
+        live: list[_Transaction] = []  # on the wire, not all settled
+        nxt: Job | None = None  # the next job, rendered while the server answers
 
         def pull(wait: bool) -> Job | None:
-            return None if limit and handled >= limit else self._sendable(lambda: next_job(wait), smtp)
+            nonlocal taken
+            while not limit or taken < limit:
+                job = next_job(wait)
+                if job is None:
+                    return None
+                if not job.message.smtputf8 or smtp.has_extn("smtputf8"):
+                    taken += 1
+                    return job
+                _Transaction(job).settle(None, NO_SMTPUTF8, Status.REFUSED)  # not a word on the wire
+            return None
 
-        job = pull(True)
-        payload, described = b"", list[str]()  # the previous message's content and end, not sent yet
-        past_dot: Job | None = None  # its end of DATA went out; no reply read yet
-        outstanding: Job | None = None  # its MAIL/RCPT/DATA went out; replies not all read
-        nxt: Job | None = None  # the next one, rendered while the server answers
         try:
+            job = pull(True)
             while job is not None:
-                group, lines = _envelope(job, eightbit)
-                smtp.send_group(payload + group, described + lines)  # type: ignore[attr-defined]
-                payload, described, outstanding = b"", [], job
-                nxt = pull(False) if not limit or handled + 1 < limit else None
-                if past_dot is not None:
-                    self._finish(past_dot, smtp, job)
-                    past_dot = None
-                accepted, replied, data_code, data_reply = self._read_envelope(job, smtp)
-                outstanding = None
-                handled += 1
-                if data_code == 354 and accepted:
-                    job.before_end(accepted)
-                    content = _dot_stuffed(job.message.as_bytes(eightbit=eightbit))
-                    payload, described = content + b".\r\n", [f"(the message, {len(content)} bytes)", "."]
-                    past_dot, job.accepted, job.replied = job, accepted, replied
-                    if nxt is None:  # none ready: finish this one before waiting for the next
-                        smtp.send_group(payload, described)  # type: ignore[attr-defined]
-                        payload, described = b"", []
-                        self._finish(past_dot, smtp, None)
-                        past_dot = None
+                tx = _Transaction(job)
+                live = [t for t in live if not t.settled] + [tx]
+                wire.command(tx, _MAIL, _mail_from(job.message, eightbit))
+                if not pipelining or self.cautious:
+                    wire.read_through(tx, _MAIL)
+                if tx.mail is None or tx.mail[0] == 250:
+                    for target in job.targets:
+                        wire.command(tx, target, f"RCPT TO:<{target.address}>")
+                        if not pipelining:
+                            wire.read_through(tx, target)
+                    if pipelining or tx.accepted:
+                        wire.command(tx, _DATA, "DATA")
+                wire.flush()
+                if pipelining and not tx.refused_for_now and (not limit or taken < limit):
+                    nxt = pull(False)
+                wire.read_through(tx)  # (the previous message's end of DATA is answered first)
+                if tx.refused_for_now:
+                    self.cautious = True
+                    self.close()  # no more on this connection for now: the caller waits, then reconnects
+                    error = ConnectionLost(f"{self.config.host} asks to slow down: {tx.refused_for_now}")
+                    raise _Interrupted(error, [job] + ([nxt] if nxt is not None else []), handled)
+                if tx.data is not None and tx.data[0] == 354 and tx.accepted:
+                    job.before_end(tx.accepted)
+                    wire.content(tx, _dot_stuffed(job.message.as_bytes(eightbit=eightbit)))
+                    if nxt is None or not pipelining:  # none ready: finish this one before waiting for the next
+                        wire.read_through(tx)
                 else:
-                    job.done(_settled(job.message, job.targets, replied, data_code, data_reply))
-                    smtp.send_group(b"RSET\r\n", ["RSET"])  # type: ignore[attr-defined]
-                    self._check(smtp.getreply(), None)  # the failed transaction is over
+                    if tx.data is not None and tx.data[0] == 354:  # a server that said 354 to no recipient
+                        wire.content(tx, b"")
+                    wire.command(tx, _RSET, "RSET")  # the failed transaction is over
+                    wire.read_through(tx)
+                    tx.settle_envelope()
+                handled += 1
                 job, nxt = (nxt if nxt is not None else pull(True)), None
-        except (smtplib.SMTPServerDisconnected, OSError) as error:
+        except (_ServerClosed, smtplib.SMTPServerDisconnected, OSError) as error:
             self.abort()
-            if past_dot is not None:  # maybe delivered: never sent again on its own
-                past_dot.done(_settled(
-                    past_dot.message, past_dot.targets, past_dot.replied, None,
-                    "the connection was lost after the message was sent and before the server "
-                    "confirmed it: it may have been delivered", Status.UNKNOWN,
-                ))
-            lost = ConnectionLost(f"the connection to {self.config.host} was lost: {error or 'closed'}")
-            retry: list[tuple[Job, list[Outcome]]] = [(j, []) for j in (outstanding, nxt) if j is not None]
-            raise _Interrupted(lost, retry, handled) from error
-        except _Interrupted as interrupted:
-            interrupted.handled = handled
-            if nxt is not None and all(j is not nxt for j, _ in interrupted.retry):
-                interrupted.retry.append((nxt, []))  # prepared, never sent: send it again
-            raise
+            if isinstance(error, _ServerClosed):
+                lost = ConnectionLost(f"{self.config.host} closed the session: {error}")
+            else:
+                lost = ConnectionLost(f"the connection to {self.config.host} was lost: {error or 'closed'}")
+            maybe_delivered = not isinstance(error, _ServerClosed)  # a 421 to the end of DATA: not taken
+            pending = [t for t in live if not t.settled]
+            again = [j for t in pending for j in [t.interrupted(maybe_delivered)] if j is not None]
+            progress = handled + sum(t.decided for t in pending)  # a refusal kept is progress too
+            raise _Interrupted(lost, again + ([nxt] if nxt is not None else []), progress) from error
         return handled
 
-    def _sendable(self, pull: Callable[[], Job | None], smtp: smtplib.SMTP) -> Job | None:
-        """The next job; one that needs SMTPUTF8 the server lacks is settled here."""
-        job = pull()
-        while job is not None and job.message.smtputf8 and not smtp.has_extn("smtputf8"):
-            job.done(self.send(job.message, job.targets))  # refused without a word on the wire
-            job = pull()
-        return job
 
-    def _read_envelope(self, job: Job, smtp: smtplib.SMTP) -> tuple[list[EnvelopeRecipient], dict[str, Outcome], int, str]:
-        """Read the replies to MAIL, each RCPT and DATA of a pipelined group."""
-        replied: dict[str, Outcome] = {}
-        mail_code, mail_reply = self._check(smtp.getreply(), job)
-        accepted = []
-        for target in job.targets:
-            code, reply = self._check(smtp.getreply(), job)
-            if mail_code != 250:
-                code, reply = mail_code, mail_reply  # RCPT got "503 need MAIL": MAIL's reply says why
+NO_SMTPUTF8 = ("not sent: the message has an internationalized address and the "
+               "server does not accept them (no SMTPUTF8)")
+UNKNOWN_AFTER_DOT = ("the connection was lost after the message was sent and before the "
+                     "server confirmed it: it may have been delivered")
+
+# The steps of a message whose replies are read, besides one per recipient.
+_MAIL, _DATA, _END, _RSET = "MAIL", "DATA", "END", "RSET"
+_Step = str | EnvelopeRecipient
+
+
+class _ServerClosed(Exception):
+    """The server answered 421: it closes the session."""
+
+
+class _Transaction:
+    """One message on the wire: the replies to its MAIL, each RCPT, DATA and
+    the end of DATA, kept as they are read, and the outcomes they mean. A
+    message that is interrupted keeps every reply it got (a 550 stays refused)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.mail: tuple[int, str] | None = None
+        self.data: tuple[int, str] | None = None
+        self.accepted: list[EnvelopeRecipient] = []
+        self.replied: dict[str, Outcome] = {}  # refused or deferred by the reply to their RCPT
+        self.past_dot = False  # the end of DATA went out (or may have)
+        self.settled = False  # every target has its outcome
+        self.decided = False  # some target got a final outcome (progress, even if the session ends)
+
+    def take(self, step: _Step, code: int, text: str) -> None:
+        """The server's reply to ``step``."""
+        if step is _MAIL:
+            self.mail = (code, text)
+        elif step is _DATA:
+            self.data = (code, text)
+        elif step is _END and self.accepted:  # (after a 354 to no recipient, the RCPT replies say it all)
+            self.settle(code, text)
+        elif isinstance(step, EnvelopeRecipient) and self.mail is not None and self.mail[0] == 250:
             if code in (250, 251):
-                accepted.append(target)
+                self.accepted.append(step)
             else:
-                replied[target.address] = _outcome(job.message, target, status_of(code), code, reply)
-        data_code, data_reply = self._check(smtp.getreply(), job)
-        if data_code == 354 and not accepted:  # a server that said 354 anyway: send an empty message
-            smtp.send_group(b".\r\n", ["."])  # type: ignore[attr-defined]
-            self._check(smtp.getreply(), job)
-            data_code, data_reply = 503, "no recipient was accepted"
-        return accepted, replied, data_code, data_reply
+                self.replied[step.address] = _outcome(self.job.message, step, status_of(code), code, text)
+        # (a RCPT after a failed MAIL got "503 need MAIL": MAIL's reply says why; RSET's says nothing)
 
-    def _finish(self, job: Job, smtp: smtplib.SMTP, outstanding: Job | None) -> None:
-        """Read the reply to a message's end of DATA and settle it."""
-        code, reply = smtp.getreply()
-        if code == 421:  # not taken; the server is closing: send it again elsewhere
-            self.abort()
-            again: list[tuple[Job, list[Outcome]]] = [(job, [])] + ([(outstanding, [])] if outstanding else [])
-            raise _Interrupted(ConnectionLost(f"{self.config.host} closed the session: 421 {_text(reply)}"), again, 0)
-        job.done(_settled(job.message, job.targets, job.replied, code, _text(reply)))
+    @property
+    def refused_for_now(self) -> str:
+        """MAIL FROM's reply when it was a 4xx (the server limits the sender:
+        too much mail), else ""."""
+        return f"{self.mail[0]} {self.mail[1]}" if self.mail is not None and 400 <= self.mail[0] < 500 else ""
 
-    def _check(self, answer: tuple[int, bytes], job: Job | None) -> tuple[int, str]:
-        """A reply of the envelope; 421 interrupts the stream (the job is sent again)."""
-        code, reply = answer
-        if code == 421:
-            self.abort()
-            raise _Interrupted(ConnectionLost(f"{self.config.host} closed the session: 421 {_text(reply)}"),
-                               [(job, [])] if job else [], 0)
-        return code, _text(reply)
+    def settle(self, code: int | None, text: str, status: Status | None = None) -> None:
+        """Each target gets the reply to its RCPT, or else this one."""
+        self.settled = self.decided = True
+        self.job.done(_settled(self.job.message, self.job.targets, self.replied, code, text, status))
+
+    def settle_envelope(self) -> None:
+        """No message went: a refused MAIL FROM answers for every address,
+        else DATA's reply for those whose RCPT was accepted."""
+        assert self.mail is not None
+        self.settle(*(self.mail if self.mail[0] != 250 else self.data or (None, "")))
+
+    def interrupted(self, maybe_delivered: bool) -> Job | None:
+        """The connection ended before every reply came: settle what the
+        replies so far settle; return the job for the rest (to send again)."""
+        if self.past_dot and maybe_delivered:  # never sent again on its own
+            self.settle(None, UNKNOWN_AFTER_DOT, Status.UNKNOWN)
+            return None
+        if self.mail is not None and self.mail[0] >= 500:
+            self.settle(*self.mail)
+            return None
+        self.settled, self.decided = True, bool(self.replied)
+        if self.replied:
+            self.job.done([self.replied[t.address] for t in self.job.targets if t.address in self.replied])
+        rest = [t for t in self.job.targets if t.address not in self.replied]
+        return self.job.narrowed(rest) if rest else None
+
+
+class _Wire:
+    """The commands of a session and their replies, read in order: commands
+    are held until a reply is needed (so that pipelined ones go in one
+    write), and each reply goes to the transaction whose command it answers."""
+
+    def __init__(self, smtp: smtplib.SMTP) -> None:
+        self.smtp = smtp
+        self.held = bytearray()
+        self.described: list[str] = []  # the held commands, for the --verbose log
+        self.expected: collections.deque[tuple[_Transaction, _Step]] = collections.deque()
+
+    def command(self, tx: _Transaction, step: _Step, line: str) -> None:
+        self.held += line.encode("utf-8") + b"\r\n"
+        self.described.append(line)
+        self.expected.append((tx, step))
+
+    def content(self, tx: _Transaction, data: bytes) -> None:
+        """The message and its final ``.``: from here on it may be delivered."""
+        self.held += data + b".\r\n"
+        self.described += [f"(the message, {len(data)} bytes)", "."] if data else ["."]
+        self.expected.append((tx, _END))
+        tx.past_dot = True
+
+    def flush(self) -> None:
+        if self.held:
+            held, described = bytes(self.held), self.described
+            self.held, self.described = bytearray(), []
+            self.smtp.send_group(held, described)  # type: ignore[attr-defined]
+
+    def read_through(self, tx: _Transaction, step: _Step | None = None) -> None:
+        """Send what is held, then read every reply up to the one to ``step``
+        of ``tx`` (its last one when None). Raises :class:`_ServerClosed` on 421."""
+        self.flush()
+        waited = [i for i, (t, s) in enumerate(self.expected) if t is tx and (step is None or s is step)]
+        for _ in range(waited[-1] + 1 if waited else 0):
+            target, answered = self.expected.popleft()
+            code, reply = self.smtp.getreply()
+            if code == 421:
+                raise _ServerClosed(f"{code} {_text(reply)}")
+            target.take(answered, code, _text(reply))
 
 
 @dataclass(eq=False)
@@ -510,8 +529,6 @@ class Job:
     targets: list[EnvelopeRecipient]
     before_end: Callable[[list[EnvelopeRecipient]], None]  # just before the end of DATA
     done: Callable[[list[Outcome]], None]  # with the outcome of every target that has one
-    accepted: list[EnvelopeRecipient] = field(default_factory=list)
-    replied: dict[str, Outcome] = field(default_factory=dict)
 
     def narrowed(self, targets: list[EnvelopeRecipient]) -> Job:
         """The same message for fewer recipients (to send again)."""
@@ -521,7 +538,7 @@ class Job:
 class _Interrupted(Exception):
     """The stream broke: why, the jobs to send again, how many were handled."""
 
-    def __init__(self, error: ConnectionLost, retry: list[tuple[Job, list[Outcome]]], handled: int) -> None:
+    def __init__(self, error: ConnectionLost, retry: list[Job], handled: int) -> None:
         super().__init__(str(error))
         self.error, self.retry, self.handled = error, retry, handled
 
@@ -547,15 +564,11 @@ def status_of(code: int) -> Status:
     return Status.REFUSED if 500 <= code < 600 else Status.DEFERRED
 
 
-def _envelope(job: Job, eightbit: bool) -> tuple[bytes, list[str]]:
-    """MAIL, one RCPT per target and DATA, as one pipelined group."""
-    options = (["BODY=8BITMIME"] if eightbit else []) + (["SMTPUTF8"] if job.message.smtputf8 else [])
-    # Addresses were checked when the message was built: no need for smtplib's quoteaddr(),
-    # which parses each one again.
-    lines = [f"MAIL FROM:<{job.message.sender}>" + "".join(" " + o for o in options)]
-    lines += [f"RCPT TO:<{t.address}>" for t in job.targets]
-    lines.append("DATA")
-    return "".join(line + "\r\n" for line in lines).encode("utf-8"), lines
+def _mail_from(message: OutgoingMessage, eightbit: bool) -> str:
+    """The MAIL FROM command. (Addresses were checked when the message was
+    built: no need for smtplib's quoteaddr(), which parses each one again.)"""
+    options = (["BODY=8BITMIME"] if eightbit else []) + (["SMTPUTF8"] if message.smtputf8 else [])
+    return f"MAIL FROM:<{message.sender}>" + "".join(" " + o for o in options)
 
 
 def _dot_stuffed(data: bytes) -> bytes:
@@ -572,10 +585,12 @@ class SmtpClient:
     """The session of a whole run, kept open across faults.
 
     Opens the session when first needed; after a dropped connection, a
-    timeout or a 421 it reconnects (TLS and AUTH again) with exponential
-    backoff and sends what was surely not delivered again; it also starts a
-    fresh session after ``max_per_connection`` messages. A wrong password is
-    never retried.
+    timeout, a 421 or a 4xx to MAIL FROM (the server limits the sender) it
+    reconnects (TLS and AUTH again) with exponential backoff and sends what
+    was surely not delivered again. The backoff starts over after a session
+    that settled something (a refusal kept counts). It also starts a fresh
+    session after ``max_per_connection`` messages. A wrong password is never
+    retried.
     """
 
     def __init__(
@@ -638,9 +653,7 @@ class SmtpClient:
             except _Interrupted as interrupted:
                 failures = 1 if interrupted.handled else failures + 1
                 error = interrupted.error
-                for job, outcomes in reversed(interrupted.retry):
-                    failed = {o.address for o in outcomes if o.status is Status.FAILED}
-                    again.appendleft(job.narrowed([t for t in job.targets if t.address in failed]) if outcomes else job)
+                again.extendleft(reversed(interrupted.retry))
                 continue
             failures = 0
             self._sent_on_connection += handled

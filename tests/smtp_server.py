@@ -85,6 +85,13 @@ class Faults:
     drop_after: int | None = None  # close the connection at MAIL once a session carried this many
     drop_at_data: set[int] = field(default_factory=set)  # close instead of answering these DATAs (1-based)
     reply_delay: float = 0.0  # seconds before answering the end of DATA
+    # Postfix's smtpd_hard_error_limit: once a session got this many error
+    # replies, its next MAIL, RCPT, DATA or RSET gets 421 and the connection closes.
+    error_limit: int | None = None
+    # Postfix's smtpd_client_message_rate_limit: (messages, seconds): a MAIL FROM
+    # beyond that many in a window (counted over every session, refused ones too)
+    # gets 450 4.7.1; the window starts at the first MAIL after the last one ended.
+    message_rate: tuple[int, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("refuse", "defer", "defer_once", "refuse_senders"):
@@ -98,6 +105,8 @@ class _Handler:
         self.owner = owner
         self.faults = owner.faults
         self.data_count = 0  # ends of DATA received, over all sessions
+        self.rate_window_end = 0.0  # (message_rate) when the current window ends
+        self.rate_count = 0  # MAIL FROMs in the current window
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
@@ -123,6 +132,14 @@ class _Handler:
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         carried = getattr(session, "carried", 0)
+        if self.faults.message_rate is not None:
+            limit, window = self.faults.message_rate
+            now = time.monotonic()
+            if now >= self.rate_window_end:
+                self.rate_window_end, self.rate_count = now + window, 0
+            self.rate_count += 1
+            if self.rate_count > limit:
+                return f"450 4.7.1 Error: too much mail from {HOST}"
         if self.faults.session_limit is not None and carried >= self.faults.session_limit:
             return "421 4.7.0 Too many messages in this session, try again later"
         if self.faults.drop_after is not None and carried >= self.faults.drop_after:
@@ -184,7 +201,38 @@ class _CountingSMTP(SMTP):
     def connection_made(self, transport: Any) -> None:
         if self._original_transport is None:  # not the re-entry after STARTTLS
             self._owner.connections += 1
+            self._errors, self._command = 0, ""
         super().connection_made(transport)
+
+    async def push(self, status: Any) -> None:
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if text[:1] in ("4", "5"):
+            self._owner.error_replies.append(f"{self._command} {text}".strip())
+            self._errors += 1
+        await super().push(status)
+
+    async def _guarded(self, command: str, method: Any, arg: Any) -> None:
+        """Run an SMTP command, or answer 421 and close (``Faults.error_limit``)."""
+        self._command = command
+        limit = self._owner.faults.error_limit
+        if limit is not None and self._errors >= limit:
+            await self.push("421 4.7.0 Error: too many errors")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await method(arg)
+
+    async def smtp_MAIL(self, arg: Any) -> None:
+        await self._guarded("MAIL", super().smtp_MAIL, arg)
+
+    async def smtp_RCPT(self, arg: Any) -> None:
+        await self._guarded("RCPT", super().smtp_RCPT, arg)
+
+    async def smtp_DATA(self, arg: Any) -> None:
+        await self._guarded("DATA", super().smtp_DATA, arg)
+
+    async def smtp_RSET(self, arg: Any) -> None:
+        await self._guarded("RSET", super().smtp_RSET, arg)
 
 
 class _Controller(Controller):
@@ -198,7 +246,7 @@ class SmtpTestServer:
     """A real SMTP server in a background thread; see the module docstring.
 
     Counters (``connections``, ``auth_attempts``, ``auth_successes``,
-    ``starttls_count``) and ``messages`` are reset by :meth:`start`.
+    ``starttls_count``), ``error_replies`` and ``messages`` are reset by :meth:`start`.
     ``port`` and ``ca_file`` are set by :meth:`start`.
     """
 
@@ -232,6 +280,7 @@ class SmtpTestServer:
         self.messages: list[ReceivedMessage] = []
         self.connections = self.auth_attempts = self.auth_successes = 0
         self.starttls_count = 0
+        self.error_replies: list[str] = []  # every 4xx and 5xx reply, after its command: "RCPT 503 ..."
         self.auth_mechanisms_used: list[str] = []  # by each AUTH PLAIN/LOGIN, in order
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,

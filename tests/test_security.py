@@ -155,7 +155,7 @@ def test_verbose_masks_the_login_and_no_file_or_output_holds_the_password(
 
     assert run.exit_code == 0, run.output
     assert "C: AUTH PLAIN ********" in run.stderr
-    assert "S: 235" in run.stderr and "C: mail FROM:<club@example.com>" in run.stderr
+    assert "S: 235" in run.stderr and "C: MAIL FROM:<club@example.com>" in run.stderr
     secrets = [PASSWORD, base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode(),
                base64.b64encode(PASSWORD.encode()).decode()]
     assert not any(secret in run.output for secret in secrets)
