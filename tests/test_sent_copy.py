@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import itertools
 import re
 import shutil
 import time
@@ -289,7 +290,7 @@ def test_copy_missing_reads_in_batches_while_copies_are_marked(tmp_path: Path) -
         journal.record([Outcome(9, "To", "r9@example.com", Status.REFUSED, 550, "no", "<9@x>")])
         journal.mark_copied("<4@x>", "Sent")
         seen = []
-        for row, message_id, date in journal.copy_missing(batch=2):
+        for row, message_id, date in itertools.islice(journal.copy_missing(batch=2), 20):  # a bug fails, not hangs
             seen.append((row, message_id, date))
             if row % 2 == 0:  # the odd rows fail to copy: still missing, but not handed out twice
                 journal.mark_copied(message_id, "Sent")  # written between two reads
