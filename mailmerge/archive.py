@@ -4,8 +4,9 @@ journal.
 
 Both use the journal so that nothing is done twice: a copy is appended once,
 even across runs and resumes; a bounce marks its address ``bounced``, which a
-later ``send`` never sends again. The copy is the message that went out: it is
-rendered again with the Message-ID and Date the journal kept.
+later ``send`` never sends again. The copy is the message that went out,
+byte for byte: it is built again, deterministically, from its row with the
+Message-ID and Date the journal kept.
 
 Anyone can put a mail in the inbox that looks like a bounce. Only a delivery
 status report that references a message this campaign sent (by its exact
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import ImapSettings
+from .errors import InvalidRow
 from .imap import Bounce, ImapConfig, ImapSession
 from .journal import Journal
 from .merge import Plan
@@ -43,6 +45,13 @@ class CopyResult:
 
     folder: str = ""
     appended: int = 0
+    not_copied: int = 0  # accepted messages that could not be built again, so have no copy
+    failed: list[tuple[int, str]] = field(default_factory=list)  # the first of them: (row, why)
+
+    def _failed(self, row: int, why: str) -> None:
+        self.not_copied += 1
+        if len(self.failed) < 10:  # a list of a million rows with its attachments gone: memory stays flat
+            self.failed.append((row, why))
 
 
 def save_sent_copies(
@@ -51,17 +60,28 @@ def save_sent_copies(
 ) -> CopyResult:
     """Append every accepted message not yet copied to the Sent folder (found
     by its \\Sent attribute or usual name, or ``folder``), flagged \\Seen, with
-    its Date as the internal date. Each copy is recorded as it is made."""
-    missing = journal.copy_missing()
+    its Date as the internal date. Each copy is recorded as it is made.
+
+    A copy is the bytes that went out: the message is built again from its
+    row with the Message-ID and Date the journal kept, and building is
+    deterministic (see :func:`~mailmerge.message.build_message`). Messages are
+    built one at a time, in row order beside the list: memory stays flat.
+    A row that cannot be built any more (an attachment deleted since) is
+    counted in ``not_copied`` and the others go on; a later run tries again."""
     result = CopyResult(folder=session.sent_folder(folder))
-    if not missing:
-        return result
-    wanted = {row: (message_id, date) for row, message_id, date in missing}
-    for recipient in plan.recipients:
-        if recipient.row not in wanted:
+    recipients = iter(plan.recipients)
+    recipient = next(recipients, None)
+    for row, message_id, date in journal.copy_missing():
+        while recipient is not None and recipient.row < row:
+            recipient = next(recipients, None)
+        if recipient is None or recipient.row != row:
+            result._failed(row, "the row is no longer in the list")
             continue
-        message_id, date = wanted[recipient.row]
-        message = build_message(plan.template.render(recipient), message_id=message_id, date=date)
+        try:
+            message = build_message(plan.template.render(recipient), message_id=message_id, date=date)
+        except InvalidRow as error:
+            result._failed(row, error.reason)
+            continue
         session.append(result.folder, message.as_bytes(), date)
         journal.mark_copied(message_id, result.folder)
         result.appended += 1

@@ -311,6 +311,12 @@ def _save_copies(ui: Ui, settings: Config, plan: Plan, journal: Journal, sent_fo
         return
     if result.appended:
         ui.note(f"saved {result.appended} copies in the folder '{result.folder}'", style=None)
+    for row, why in result.failed:
+        ui.note(f"warning: row {row} was sent, but its copy for '{result.folder}' cannot be made: {why}")
+    if result.not_copied:
+        more = result.not_copied - len(result.failed)
+        ui.note((f"{more} more rows like these. " if more else "")
+                + "Put back what is missing, then run the same command again to save the copies")
 
 
 def _as_user(smtp: SmtpConfig) -> str:

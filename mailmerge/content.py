@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import css_inline
-from inscriptis import get_text
+from inscriptis.html_engine import Inscriptis
 from inscriptis.model.config import ParserConfig
+from lxml.etree import ParserError
+from lxml.html import document_fromstring
 from markdown_it import MarkdownIt
 
 from .errors import InvalidRow
@@ -34,10 +36,28 @@ def markdown_to_html(text: str) -> str:
 
 def html_to_text(markup: str) -> str:
     """Readable plain text for the text/plain part: no tags, each link kept
-    with its address as ``[text](url)``."""
-    text = get_text(markup, _TEXT_CONFIG)
+    with its address as ``[text](url)``, each character as the HTML means it
+    (``&amp;lt;`` is ``&lt;``)."""
+    text = ""
+    if markup.strip():
+        try:
+            tree = document_fromstring(markup.strip())
+        except ParserError:  # no element at all (a comment alone...): as inscriptis does
+            tree = document_fromstring(f"<pre>{markup.strip()}</pre>")
+        # inscriptis decodes entities once more after the parser did: &amp;lt;
+        # would become "<". Every & it will see is handed to it escaped.
+        for node in tree.iter():
+            node.text, node.tail = _amp(node.text), _amp(node.tail)
+            href = node.get("href")
+            if href and "&" in href:
+                node.set("href", _amp(href))
+        text = Inscriptis(tree, _TEXT_CONFIG).get_text()
     lines = [line.rstrip() for line in text.strip("\n").splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def _amp(text: str | None) -> str | None:
+    return text.replace("&", "&amp;") if text and "&" in text else text
 
 
 def inline_css(markup: str, css: str) -> str:

@@ -465,17 +465,28 @@ class Journal:
 
     # --- Sent copies and bounces (IMAP) ------------------------------------------
 
-    def copy_missing(self) -> list[tuple[int, str, str]]:
+    def copy_missing(self, batch: int = 1000) -> Iterator[tuple[int, str, str]]:
         """Rows sent (at least one address accepted) whose copy is not yet in
-        the Sent folder: (row, message_id, date), in row order."""
-        cursor = self._db.execute(
-            "SELECT DISTINCT d.row, d.message_id, d.date FROM deliveries d "
-            "WHERE d.campaign = ? AND d.state = 'sent' AND d.message_id != '' AND NOT EXISTS "
-            "(SELECT 1 FROM sent_copies c WHERE c.campaign = d.campaign AND c.message_id = d.message_id) "
-            "ORDER BY d.row",
-            (self.campaign,),
-        )
-        return [(row[0], row[1], row[2]) for row in cursor]
+        the Sent folder: (row, message_id, date), in row order. Read ``batch``
+        rows at a time, so memory stays flat for a long list, and the journal
+        may be written between two of them (:meth:`mark_copied`)."""
+        after: tuple[int, str] = (-1, "")
+        while True:
+            try:
+                found = self._db.execute(
+                    "SELECT d.row, d.message_id, MAX(d.date) FROM deliveries d "
+                    "WHERE d.campaign = ? AND d.row >= ? AND (d.row, d.message_id) > (?, ?) "
+                    "AND d.state = 'sent' AND d.message_id != '' AND NOT EXISTS "
+                    "(SELECT 1 FROM sent_copies c WHERE c.campaign = d.campaign AND c.message_id = d.message_id) "
+                    "GROUP BY d.row, d.message_id ORDER BY d.row, d.message_id LIMIT ?",
+                    (self.campaign, after[0], *after, batch),
+                ).fetchall()
+            except sqlite3.Error as error:
+                raise _failure(self.path, error, "read") from error
+            yield from ((row[0], row[1], row[2]) for row in found)
+            if len(found) < batch:
+                return
+            after = (found[-1][0], found[-1][1])
 
     def mark_copied(self, message_id: str, folder: str) -> None:
         """The message's copy is in the Sent folder (never appended twice)."""

@@ -13,10 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import html
+import itertools
 import mimetypes
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email import headerregistry, policy
 from email.header import Header
@@ -71,7 +74,10 @@ class OutgoingMessage:
     date: str
 
     def as_bytes(self, *, eightbit: bool = True) -> bytes:
-        """The message as sent: 8-bit body when the server takes it, else base64."""
+        """The message as sent, and as copied to the Sent folder.
+
+        Its parts are 7-bit (see :func:`_set_text`), so the bytes are the same
+        whether the server offers 8BITMIME (``eightbit``) or not."""
         if self.smtputf8:
             return self.message.as_bytes(policy=_SMTPUTF8)
         return self.message.as_bytes(policy=_SMTP if eightbit else _SEVEN_BIT)
@@ -234,7 +240,7 @@ def build_message(
         _add_encoded(message, "Date", date)
         _add_encoded(message, "Message-ID", message_id)
         _add_encoded(message, "MIME-Version", "1.0")
-        _set_body(message, draft, domain)
+        _set_body(message, draft, message_id)
     except (ValueError, TypeError) as error:
         raise InvalidRow(f"cannot build the message: {error}") from error
     except OSError as error:
@@ -339,42 +345,87 @@ def _phrase_words(name: str, phrase: str) -> list[str]:
     return phrase.split()
 
 
-def _set_body(message: EmailMessage, draft: Draft, domain: str) -> None:
+def _set_body(message: EmailMessage, draft: Draft, message_id: str) -> None:
     """The MIME structure: text, or text and HTML as alternatives (the HTML
-    with its images in a multipart/related), then the attachments."""
-    _set_text(message, draft.body, "plain")
-    if draft.html is not None:
-        cids = {src: make_msgid(domain=domain) for src in draft.images}
-        html = replace_image_sources(draft.html, {src: "cid:" + cid[1:-1] for src, cid in cids.items()})
-        html_part = EmailMessage(policy=message.policy)
-        _set_text(html_part, html, "html")
-        message.make_alternative()
-        message.attach(html_part)
-        for src, path in draft.images.items():
-            maintype, subtype = _mime_type(path)
-            html_part.add_related(path.read_bytes(), maintype, subtype, cid=cids[src],
-                                  filename=path.name, disposition="inline")
+    with its images in a multipart/related), then the attachments.
+
+    Nothing in it is random: the boundaries and the Content-IDs come from the
+    Message-ID, so the same draft with the same Message-ID and Date is the same
+    bytes, in this run or a later one (the copy for the Sent folder is the
+    message that went out).
+    """
     inline = set(draft.images.values())
-    for path in draft.attachments:
-        if path in inline:
-            continue  # already in the message as an inline image
-        maintype, subtype = _mime_type(path)
-        message.add_attachment(path.read_bytes(), maintype, subtype, filename=path.name)
+    attachments = [path for path in draft.attachments if path not in inline]  # an inline image goes once
+    if draft.html is None and not attachments:
+        _set_text(message, draft.body, "plain")  # the usual case, made as fast as it can be
+        return
+    text = _text_part(message.policy, draft.body, "plain")
+    body, html = text, None
+    if draft.html is not None:
+        # <n.message-id>: unique wherever the Message-ID is.
+        cids = {src: f"<{n}.{message_id.strip('<>')}>" for n, src in enumerate(draft.images, start=1)}
+        markup = replace_image_sources(draft.html, {src: "cid:" + cid[1:-1] for src, cid in cids.items()})
+        html = _text_part(message.policy, markup, "html")
+    boundaries = _boundaries(message_id, [str(part.get_payload()) for part in (text, html) if part is not None])
+    if html is not None:
+        if draft.images:
+            html = _multipart(message.policy, "related", next(boundaries), [html])
+            for src, path in draft.images.items():
+                maintype, subtype = _mime_type(path)
+                html.add_related(path.read_bytes(), maintype, subtype, cid=cids[src],
+                                 filename=path.name, disposition="inline")
+        body = _multipart(message.policy, "alternative", next(boundaries), [text, html])
+    if attachments:
+        body = _multipart(message.policy, "mixed", next(boundaries), [body])
+        for path in attachments:
+            maintype, subtype = _mime_type(path)
+            body.add_attachment(path.read_bytes(), maintype, subtype, filename=path.name)
+    message._headers += body._headers  # type: ignore[attr-defined]
+    message.set_payload(body.get_payload())
+
+
+def _boundaries(message_id: str, texts: list[str]) -> Iterator[str]:
+    """The message's multipart boundaries, from a hash of its Message-ID.
+
+    ``=_`` never occurs in base64 or quoted-printable, so only a 7-bit text
+    part could hold one: a boundary found in ``texts`` is skipped (the
+    email package makes the same check for its random boundaries)."""
+    seed = hashlib.blake2b(message_id.encode("utf-8", "surrogateescape"), digest_size=10).hexdigest()
+    for n in itertools.count(1):
+        boundary = f"=_{seed}.{n}"
+        if not any(boundary in text for text in texts):
+            yield boundary
+
+
+def _multipart(mail_policy: policy.Policy, subtype: str, boundary: str, parts: list[EmailMessage]) -> EmailMessage:
+    """A multipart/``subtype`` part holding ``parts``, with its boundary set
+    (the email package would draw a random one when writing it out)."""
+    container = EmailMessage(policy=mail_policy)
+    value = f'multipart/{subtype}; boundary="{boundary}"'
+    container._headers.append(("Content-Type", _Written("Content-Type", value)))  # type: ignore[attr-defined]
+    container.set_payload(list(parts))
+    return container
+
+
+def _text_part(mail_policy: policy.Policy, text: str, subtype: str) -> EmailMessage:
+    part = EmailMessage(policy=mail_policy)
+    _set_text(part, text, subtype)
+    return part
 
 
 def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
-    """Make ``part`` a UTF-8 text part.
+    """Make ``part`` a UTF-8 text part, always 7-bit.
 
     What ``set_content`` does, at a tenth of its cost (it parses the headers it
-    has just written): short lines go as they are (``7bit``, or ``8bit``, which
-    the generator turns into base64 for a server without 8BITMIME); a line
-    over 78 characters makes the part quoted-printable, or base64 when that is
-    shorter (text in Hangul, say).
+    has just written): short ASCII lines go as they are (``7bit``); other text
+    is quoted-printable, or base64 when that is shorter (text in Hangul, say).
+    Never ``8bit``: a server without 8BITMIME would get it re-encoded, and then
+    the bytes sent would depend on the server. Here they do not, so the copy
+    in the Sent folder is byte for byte the message that went out.
     """
     data = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
-    if max(map(len, data.splitlines())) <= 78:  # the email package's own limit (RFC 5322 says SHOULD)
-        encoding = "7bit" if data.isascii() else "8bit"
-        payload = data.decode("ascii", "surrogateescape")
+    if data.isascii() and max(map(len, data.splitlines())) <= 78:  # the email package's own limit (RFC 5322 says SHOULD)
+        encoding, payload = "7bit", data.decode("ascii")
     else:
         quoted = binascii.b2a_qp(data, istext=True)
         base64_length = -(-len(data) // 3) * 4 * 77 // 76  # 76 characters and a newline a line

@@ -217,6 +217,17 @@ class _BodyValues:
 
         return self.pattern.sub(value, text)
 
+    def restore_text(self, text: str) -> str:
+        """``text`` (read from the HTML) with each token replaced by its value
+        as typed, not escaped. For values that are not markup."""
+        count = len(self.values)
+
+        def value(match: re.Match[str]) -> str:
+            index = int(match.group(1))
+            return self.values[index][0] if index < count else match.group(0)
+
+        return self.pattern.sub(value, text)
+
 
 # Filters that leave the tokens in their text as they are.
 _TOKEN_SAFE_FILTERS = {"safe", "escape", "e", "forceescape", "trim", "indent", "string", "default", "d"}
@@ -407,8 +418,7 @@ class MailTemplate:
         html: str | None = None  # the HTML with the values as tokens
         if self.kind == "html":
             html = self._render_tokens(part, recipient)
-        elif self.kind == "markdown":
-            draft.body = self._render(part, recipient)  # the Markdown source, values as typed
+        elif self.kind == "markdown":  # the text part is made from the HTML, as for HTML
             html = _markdown_to_html(self._render_tokens(part, recipient))
         elif self.kind == "mime":
             texts = self._split_mime(self._render(part, recipient))
@@ -419,10 +429,27 @@ class MailTemplate:
         if html is not None:
             draft.html = self._body_values.restore(html)
             if not draft.body:
-                draft.body = html_to_text(draft.html)
+                draft.body = self._text_of(html, draft.html)
         if not draft.body.endswith("\n"):
             draft.body += "\n"
         return set(_local_images(html)) if html is not None else set()
+
+    def _text_of(self, tokens_html: str, html: str) -> str:
+        """The text part for an HTML or Markdown body: the readable text of
+        ``html`` (links kept with their address), each value as typed.
+
+        Made from the HTML with the values as tokens, which is the same for
+        every row: its text is made once (inscriptis takes a quarter of a
+        millisecond), then the values go in. The row's own HTML is read
+        instead where that could give another text: in a table (whose columns
+        are as wide as their text), or for a value that is markup, empty, or
+        has spaces that HTML collapses."""
+        values = self._body_values.values
+        if "<table" in tokens_html.lower() or not all(
+            text and not markup and " ".join(text.split()) == text for text, markup in values
+        ):
+            return html_to_text(html)
+        return self._body_values.restore_text(_html_to_text(tokens_html))
 
     def _render_tokens(self, part: _Part, recipient: Recipient) -> str:
         """The body rendered with each value as a token (see :class:`_BodyValues`)."""
@@ -589,6 +616,12 @@ def _single_line(header: str, value: str, from_list: bool) -> str:
 def _markdown_to_html(text: str) -> str:
     # The text holds tokens, not values: the same for every row of the list.
     return markdown_to_html(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _html_to_text(markup: str) -> str:
+    # The markup holds tokens, not values: the same for every row of the list.
+    return html_to_text(markup)
 
 
 @functools.lru_cache(maxsize=64)

@@ -93,7 +93,7 @@ def test_values_are_escaped_in_html_unless_marked_safe(folder: Path) -> None:
     assert "<p><b>Kim &amp; Lee</b></p>" in html  # tags kept (the & re-serialised)
 
 
-def test_markdown_sends_its_source_as_text_and_rendered_html(folder: Path) -> None:
+def test_markdown_sends_readable_text_and_rendered_html(folder: Path) -> None:
     template = """\
 From: c@example.com
 To: {{ email }}
@@ -112,7 +112,8 @@ Dear **{{ name }}**, here is your summary:
     assert code == 0, output
     message = server.messages[0].message
     plain = message.get_body(("plain",)).get_content()
-    assert "Dear **Tom & Jerry**, here is your summary:" in plain  # the source, unescaped
+    assert "Dear Tom & Jerry, here is your summary:" in plain  # readable text, unescaped
+    assert "logo" not in plain and "**" not in plain and "|---" not in plain
     html = message.get_body(("html",)).get_content()
     assert "<strong>Tom &amp; Jerry</strong>" in html
     assert "<table>" in html and "<td>fee</td>" in html
