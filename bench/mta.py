@@ -243,6 +243,14 @@ relayhost = [{HOST}]:{self.relay_port}
                     total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
         return total / os.sysconf("SC_CLK_TCK")
 
+    def delete_queue(self) -> None:
+        """Delete every message still queued (``postsuper -d ALL``) and forget
+        the failures read so far."""
+        subprocess.run(["postsuper", "-c", str(self.etc), "-d", "ALL"], capture_output=True, timeout=120)
+        self.read_log()
+        self.not_relayed.clear()
+        log("  deleted what was left in Postfix's queue")
+
     def queue_is_empty(self) -> bool:
         """No message in maildrop, incoming, active or deferred."""
         for name in ("maildrop", "incoming", "active", "deferred"):
@@ -288,13 +296,20 @@ def median(values: list[float]) -> float | None:
 def measured_run(row: MtaRow, postfix: RelayPostfix, expected: int, start_client: Callable[[], ChildResult]) -> ChildResult:
     """Run one client (``start_client()``) into ``postfix``; then wait until
     Postfix has relayed ``expected`` more messages and its queue is empty."""
-    deadline = time.monotonic() + DRAIN_TIMEOUT  # a failed run before may have left mail behind
-    while not postfix.queue_is_empty():
-        if time.monotonic() > deadline:
-            raise RunFailed("Postfix's queue is not empty before the run")
-        time.sleep(0.5)
     postfix.read_log()
+    if not postfix.queue_is_empty():
+        raise RunFailed("Postfix's queue is not empty before the run")
     before, log_offset, cpu_before = postfix.relayed, postfix._log_offset, postfix.cpu_seconds()
+    try:
+        return relayed_run(row, postfix, expected, start_client, before, log_offset, cpu_before)
+    except RunFailed:
+        postfix.delete_queue()  # so that the next row starts as this one did
+        raise
+
+
+def relayed_run(row: MtaRow, postfix: RelayPostfix, expected: int, start_client: Callable[[], ChildResult],
+                before: int, log_offset: int, cpu_before: float) -> ChildResult:
+    """The body of :func:`measured_run`: the client, then the wait for Postfix."""
     started = time.perf_counter()
     result = start_client()  # blocks until the client has ended
     client_ended = started + result.seconds
@@ -303,7 +318,8 @@ def measured_run(row: MtaRow, postfix: RelayPostfix, expected: int, start_client
     while True:
         postfix.read_log()
         if postfix.not_relayed:
-            raise RunFailed(f"Postfix did not relay everything: {postfix.not_relayed[0][-200:]}")
+            first = postfix.not_relayed[0]
+            raise RunFailed(f"Postfix did not relay everything: {first[first.find(' to=<'):].strip()[:200]}")
         if postfix.relayed - before >= expected and postfix.queue_is_empty():
             break
         if time.monotonic() > deadline:
