@@ -30,7 +30,7 @@ The chain, all on 127.0.0.1 and stopped by the script itself::
 
 The machine's other work skews every figure: the load average at the start
 and the end is printed with the table.  Defaults: 100,000 messages, 1 run a
-row, about 10 minutes on 2 cores; ``--quick`` (10,000 messages) is a smoke run
+row, about 13 minutes on 2 cores; ``--quick`` (10,000 messages) is a smoke run
 of about a minute.  Needs root (Postfix's master runs as root), Debian's
 ``postfix``, and the venv compare.py needs.  ``--write-results`` writes the
 table into bench/RESULTS.md under "Through a real MTA" (compare.py keeps that
@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import os
+import platform
 import re
 import shutil
 import signal
@@ -113,7 +115,7 @@ class RelayPostfix:
         self.port = 0  # set by start()
         self.root = Path("/nonexistent")
         self._started = False
-        self._log_offset = 0
+        self.log_offset = 0  # how far read_log() has read the maillog
         self.relayed = 0  # "status=sent" lines read from the maillog so far
         self.not_relayed: list[str] = []  # deferred / bounced lines
 
@@ -211,10 +213,10 @@ relayhost = [{HOST}]:{self.relay_port}
     def read_log(self) -> None:
         """Count the relayed messages (and note the others) logged since the last call."""
         with contextlib.suppress(FileNotFoundError), self.maillog_path.open("rb") as maillog:
-            maillog.seek(self._log_offset)
+            maillog.seek(self.log_offset)
             chunk = maillog.read()
             complete = chunk.rfind(b"\n") + 1  # a line being written is read next time
-            self._log_offset += complete
+            self.log_offset += complete
             for line in chunk[:complete].splitlines():
                 if b" status=sent " in line:
                     self.relayed += 1
@@ -299,7 +301,7 @@ def measured_run(row: MtaRow, postfix: RelayPostfix, expected: int, start_client
     postfix.read_log()
     if not postfix.queue_is_empty():
         raise RunFailed("Postfix's queue is not empty before the run")
-    before, log_offset, cpu_before = postfix.relayed, postfix._log_offset, postfix.cpu_seconds()
+    before, log_offset, cpu_before = postfix.relayed, postfix.log_offset, postfix.cpu_seconds()
     try:
         return relayed_run(row, postfix, expected, start_client, before, log_offset, cpu_before)
     except RunFailed:
@@ -400,8 +402,6 @@ def table(rows: list[MtaRow]) -> str:
 
 def system_info(settings: Settings, load_at_start: str, size: int) -> str:
     """Date, machine, versions and settings."""
-    import datetime as dt
-    import platform
     postfix = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True).stdout.strip()
     commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "describe", "--always",
                              "--dirty"], capture_output=True, text=True).stdout.strip()
@@ -464,4 +464,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the clean-ups have run: Postfix and smtp-sink are stopped
+        log("stopped (Ctrl-C)")
+        sys.exit(130)
