@@ -92,6 +92,7 @@ PEER_VENV = BENCH_HOME / "peer-venv"
 PEER_REQUIREMENT = "mailmerge==2.3.0"
 DATA_CACHE = BENCH_HOME / "data-v1"  # generated lists, reused between runs
 RESULTS = HERE / "RESULTS.md"
+MTA_SECTION = "## Through a real MTA (bench/mta.py)"  # written by bench/mta.py; kept here
 TIME_BIN = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
 USER, PASSWORD = "bench@example.com", "bench-password"
 SENDER, ONE_RECIPIENT = "from@example.com", "to@example.com"
@@ -999,8 +1000,14 @@ def system_info(settings: Settings, peer: str, load_at_start: str) -> str:
 
 
 def write_results(info: str, table: str) -> None:
-    """bench/RESULTS.md: the machine, then the table."""
-    RESULTS.write_text(f"# bench/compare.py results\n\n{info}\n\n{table}", encoding="utf-8")
+    """bench/RESULTS.md: the machine, then the table; bench/mta.py's section, if
+    the file has one, is kept after it."""
+    kept = ""
+    with contextlib.suppress(OSError):
+        old = RESULTS.read_text(encoding="utf-8")
+        if MTA_SECTION in old:
+            kept = "\n" + MTA_SECTION + old.split(MTA_SECTION, 1)[1]
+    RESULTS.write_text(f"# bench/compare.py results\n\n{info}\n\n{table}{kept}", encoding="utf-8")
     log(f"wrote {RESULTS}")
 
 
