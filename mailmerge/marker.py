@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from .errors import MailmergeError
+from .errors import InputError, MailmergeError
 
 _HEADER = (
     "# mailmerge: these campaigns sent messages from {list} to a real server. Keep this file:\n"
@@ -34,10 +34,8 @@ _HEADER = (
 )
 
 
-class JournalLost(MailmergeError):
-    """The marker says this campaign sent messages; the journal knows nothing of it."""
-
-    exit_code = 2
+class JournalLost(InputError):
+    """The marker says this campaign sent messages; the journal knows nothing of it (exit 2)."""
 
 
 class OpenedJournal(Protocol):
