@@ -52,9 +52,11 @@ class OpenedJournal(Protocol):
 class SentMarker:
     """The marker file of one list (see the module's docstring)."""
 
-    def __init__(self, list_path: Path) -> None:
+    def __init__(self, list_path: Path, *, path: Path | None = None) -> None:
+        """The marker of the list at ``list_path``; ``path`` puts it elsewhere
+        (rows given from Python have no list file to sit beside)."""
         self.list_path = list_path
-        self.path = list_path.with_name(f".{list_path.name}.mailmerge-sent")
+        self.path = path or list_path.with_name(f".{list_path.name}.mailmerge-sent")
         self._recorded: set[str] = set()  # campaigns written by this process
 
     def find(self, campaign: str) -> dict[str, str] | None:
