@@ -80,6 +80,9 @@ class Events:
         secret = find_secret(smtp, config.path, prompt=self.prompt)
         return secret.value if secret else None
 
+    def sending(self, total: int) -> None:
+        """Called just before the first message goes: ``total`` messages to send."""
+
     def row(self, outcomes: list[Outcome]) -> None:
         """One message's outcomes, as each reply arrives."""
 
@@ -255,6 +258,7 @@ class Campaign:
             if work.to_send:
                 target: SmtpConfig | Outbox = Outbox(out, len(self.plan.recipients)) if out is not None else smtp  # type: ignore[assignment]
                 secret = password if password is not None or out is not None else events.password(smtp, self.config)  # type: ignore[arg-type]
+                events.sending(work.to_send)
                 stop = stop or StopSignal()
                 with stop.installed() if handle_signals else contextlib.nullcontext(stop):
                     streamed = send_merge(self.plan, journal, target, secret, pace, stop=stop,
