@@ -113,6 +113,7 @@ class SendResult(MergeResult):
     recovered: int = 0
     dry_run: bool = False  # nothing was sent on purpose
     cancelled: bool = False  # :meth:`Events.starting` said no
+    summary: Summary | None = None  # the report's counts, when send() wrote one
 
 
 @dataclass
@@ -214,6 +215,7 @@ class Campaign:
         events: Events | None = None,
         stop: StopSignal | None = None,
         handle_signals: bool = True,
+        report: str | Path | None = None,
     ) -> SendResult:
         """Send what is left of the campaign, keeping every promise of
         ``mailmerge send``: take the campaign's lock (:class:`CampaignLocked`
@@ -231,7 +233,9 @@ class Campaign:
         stops (``result.interrupted``); a second one raises KeyboardInterrupt,
         the journal consistent. Errors that stop the run after messages went
         are in ``result.error``; a connection or login error before any message
-        is raised. The report is not written here: see :meth:`write_report`.
+        is raised. ``report``: write the CSV report of the whole campaign
+        there at the end (``result.summary`` has its counts); else see
+        :meth:`write_report`.
         """
         events = events or Events()
         pace = pace or self.config.send
@@ -268,6 +272,8 @@ class Campaign:
                 result.stopped, result.interrupted = streamed.stopped, streamed.interrupted
             if out is None:
                 events.sent(self, journal)
+            if report is not None:  # read from the journal still open and locked: no second opening
+                result.summary = write_report(Path(report), campaign_outcomes(self.plan, journal))
         return result
 
     def _count(self, folder: Path, marker: SentMarker | None, resend_unknown: bool) -> Work:

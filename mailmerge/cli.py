@@ -74,7 +74,7 @@ AttachmentsOption = Annotated[
 RateOption = Annotated[str | None, typer.Option(metavar="RATE", help="At most this many messages: 20/min, 2/s, 500/h (default: rate in [send]).", show_default=False)]
 CampaignOption = Annotated[
     str | None,
-    typer.Option(metavar="NAME", help="Name of the campaign in the journal (default: from the list's path and the template's text).", show_default=False),
+    typer.Option("--campaign", metavar="NAME", help="Name of the campaign in the journal (default: from the list's path and the template's text).", show_default=False),
 ]
 OutboxOption = Annotated[
     Path | None,
@@ -176,7 +176,7 @@ def send(
     batch_pause: Annotated[str | None, typer.Option(metavar="TIME", help="How long to pause between batches: 30s, 10m, 1h.", show_default=False)] = None,
     max_messages: Annotated[int | None, typer.Option(metavar="N", help="Stop after N messages (a daily cap); the next run goes on.", show_default=False)] = None,
     connections: Annotated[int | None, typer.Option(metavar="N", help="Send through N sessions side by side (relays that allow it).", show_default=False)] = None,
-    campaign: CampaignOption = None,
+    campaign_name: CampaignOption = None,
     restart: Annotated[bool, typer.Option("--restart", help="Forget what this campaign sent and send every row again.")] = False,
     resend_unknown: Annotated[bool, typer.Option("--resend-unknown", help="Send again the messages whose delivery is unknown.")] = False,
     sent_folder: Annotated[str | None, typer.Option(metavar="NAME", help="IMAP folder for the copies of sent messages (default: the one flagged Sent).", show_default=False)] = None,
@@ -199,23 +199,23 @@ def send(
     3 some rows refused, invalid, deferred, unknown or not sent yet, 130 interrupted.
     """
     ui = Ui("send", debug=debug, json=json_out, quiet=quiet)
-    campaign_ = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign)
-    pace = ui.run(lambda: _pace(campaign_.config.send, rate, batch_size, batch_pause, max_messages, connections))
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
+    pace = ui.run(lambda: _pace(campaign.config.send, rate, batch_size, batch_pause, max_messages, connections))
     if dry_run:
-        _dry_run(ui, campaign_, ui.run(lambda: campaign_.send(outbox=outbox, dry_run=True, resend_unknown=resend_unknown)))
+        _dry_run(ui, campaign, ui.run(lambda: campaign.send(outbox=outbox, dry_run=True, resend_unknown=resend_unknown)))
     if test_to is not None:
-        _test_send(ui, campaign_, test_to, limit, yes, verbose)
-    events = _SendEvents(ui, yes=yes, verbose=verbose, sent_folder=sent_folder)
+        _test_send(ui, campaign, test_to, limit, yes, verbose)
+    events, report_path = _SendEvents(ui, yes=yes, verbose=verbose, sent_folder=sent_folder), report or default_report_path(list_path)
     try:
-        result = ui.run(lambda: campaign_.send(outbox=outbox, restart=restart, resend_unknown=resend_unknown,
-                                               pace=pace, events=events))
+        result = ui.run(lambda: campaign.send(outbox=outbox, restart=restart, resend_unknown=resend_unknown,
+                                               pace=pace, events=events, report=report_path))
     except KeyboardInterrupt:  # the second Ctrl-C: the journal is consistent, the lock released
         result = SendResult(stopped="interrupted twice (Ctrl-C): stopped at once", interrupted=True)
     finally:
         events.stop_progress()
     if result.cancelled:
         raise typer.Exit(EXIT_OK)
-    _finish(ui, campaign_, result, report or default_report_path(list_path), events.started, outbox)
+    _finish(ui, campaign, result, report_path, events.started, outbox)
 
 
 class _SendEvents(Events):
@@ -401,7 +401,7 @@ def _say_where_we_are(ui: Ui, start: Start) -> None:
 
 def _finish(ui: Ui, campaign: Campaign, result: SendResult, report_path: Path, started: float,
             outbox: Path | None) -> NoReturn:
-    summary = ui.run(lambda: campaign.write_report(report_path, outbox=outbox))
+    summary = result.summary or ui.run(lambda: campaign.write_report(report_path, outbox=outbox))
     seconds = time.monotonic() - started
     again = "Nothing is lost: run the same command again to send the rest."
     if result.error is not None:
@@ -438,7 +438,7 @@ def status(
     list_path: ListArgument,
     template: TemplateOption = None,
     config: ConfigOption = None,
-    campaign: CampaignOption = None,
+    campaign_name: CampaignOption = None,
     outbox: Annotated[Path | None, typer.Option(metavar="DIR", help="The status of the campaign sent with --outbox DIR.", show_default=False)] = None,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
@@ -451,13 +451,13 @@ def status(
     Example:  mailmerge status list.xlsx -t invoice.txt
     """
     ui = Ui("status", debug=debug, json=json_out)
-    campaign_ = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign)
-    summary = ui.run(lambda: campaign_.status(outbox=outbox))
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
+    summary = ui.run(lambda: campaign.status(outbox=outbox))
     if ui.json:
-        ui.emit({"campaign": campaign_.name, "rows": len(campaign_.plan.recipients), "counts": counts_json(summary),
-                 "entries": ui.run(lambda: rows_json(campaign_.outcomes(outbox=outbox)))})
+        ui.emit({"campaign": campaign.name, "rows": len(campaign.plan.recipients), "counts": counts_json(summary),
+                 "entries": ui.run(lambda: rows_json(campaign.outcomes(outbox=outbox)))})
         return
-    ui.say(f"campaign {campaign_.name}: {len(campaign_.plan.recipients)} rows")
+    ui.say(f"campaign {campaign.name}: {len(campaign.plan.recipients)} rows")
     for state in Status:
         label = "not sent yet" if state is Status.FAILED else state.value
         ui.say(f"  {label:<13}{summary.counts[state]:>8,}")
@@ -510,7 +510,7 @@ def bounces(
     since: Annotated[str, typer.Option(metavar="WHEN", help="Look at mail received since: 2d, 12h, 1w or 2026-11-20.")] = "7d",
     report: Annotated[Path | None, typer.Option(metavar="PATH", help="The report to rewrite (default: LIST.report.csv beside the list).", show_default=False)] = None,
     move_to: Annotated[str | None, typer.Option(metavar="FOLDER", help="Move the bounces found into this folder (default: leave the inbox as it is).", show_default=False)] = None,
-    campaign: CampaignOption = None,
+    campaign_name: CampaignOption = None,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
@@ -526,12 +526,12 @@ def bounces(
     Example:  mailmerge bounces list.xlsx -t invoice.txt --since 2d
     """
     ui = Ui("bounces", debug=debug, json=json_out)
-    campaign_ = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign)
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
     events = _SendEvents(ui, yes=True, verbose=verbose, sent_folder=None)
-    found = ui.run(lambda: campaign_.bounces(since, move_to=move_to, events=events))
+    found = ui.run(lambda: campaign.bounces(since, move_to=move_to, events=events))
     when = parse_since(since)
     report_path = report or default_report_path(list_path)
-    summary = ui.run(lambda: campaign_.write_report(report_path))
+    summary = ui.run(lambda: campaign.write_report(report_path))
     # Everything below that comes from a mail is a stranger's text: visible() keeps
     # its control characters from acting on the terminal.
     for bounce, rows in found.matched:
