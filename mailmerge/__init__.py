@@ -25,7 +25,8 @@ The names below are imported when first used, so ``import mailmerge`` (and
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `import mailmerge` stays instant
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,8 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .campaign import Campaign, Events, SendResult, Start
     from .config import Config
     from .errors import InputError, Interrupted, MailmergeError, SendError

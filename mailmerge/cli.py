@@ -23,7 +23,7 @@ import typer
 from . import __version__
 from .campaign import Campaign, Events, SendResult, Start
 from .config import Config, SendConfig, SmtpConfig, find_config, load_config
-from .archive import imap_config, parse_since, save_sent_copies
+from .archive import BounceResult, imap_config, parse_since, save_sent_copies
 from .credentials import find_imap_secret, find_secret, forget_password, store_password
 from .imap import ImapSession
 from .errors import ConfigError, InputError, Interrupted, MailmergeError, exit_code_of
@@ -532,16 +532,7 @@ def bounces(
     when = parse_since(since)
     report_path = report or default_report_path(list_path)
     summary = ui.run(lambda: campaign.write_report(report_path))
-    # Everything below that comes from a mail is a stranger's text: visible() keeps
-    # its control characters from acting on the terminal.
-    for bounce, rows in found.matched:
-        ui.note(f"row {', '.join(map(str, rows))}: bounced {visible(bounce.recipient)}: "
-                f"{visible(bounce.status)} {visible(bounce.diagnostic)}", style=None)
-    for bounce, why in found.possible:
-        mail = bounce.mail
-        ui.note(f"possible bounce, not applied: {visible(bounce.recipient)} ({why}): the mail from "
-                f"{visible(mail.sender) or '(no From)'}, {visible(mail.date) or '(no Date)'}, "
-                f"subject \"{visible(mail.subject)}\"", style=None)
+    _say_found(ui, found)
     if ui.json:
         ui.emit({
             "since": when.isoformat(), "bounces": len(found.matched), "counts": counts_json(summary),
@@ -558,6 +549,19 @@ def bounces(
                   "in the inbox" if found.possible else ""))
         ui.say(summary.line())
         ui.say(f"report: {report_path}")
+
+
+def _say_found(ui: Ui, found: BounceResult) -> None:
+    # Everything here that comes from a mail is a stranger's text: visible() keeps
+    # its control characters from acting on the terminal.
+    for bounce, rows in found.matched:
+        ui.note(f"row {', '.join(map(str, rows))}: bounced {visible(bounce.recipient)}: "
+                f"{visible(bounce.status)} {visible(bounce.diagnostic)}", style=None)
+    for bounce, why in found.possible:
+        mail = bounce.mail
+        ui.note(f"possible bounce, not applied: {visible(bounce.recipient)} ({why}): the mail from "
+                f"{visible(mail.sender) or '(no From)'}, {visible(mail.date) or '(no Date)'}, "
+                f"subject \"{visible(mail.subject)}\"", style=None)
 
 
 @app.command()
