@@ -1,8 +1,9 @@
-"""The ``mailmerge`` command: wires the library together and talks to the person.
+"""The ``mailmerge`` command: a thin shell over :class:`~mailmerge.campaign.Campaign`.
 
-No business logic lives here: reading, rendering, sending and reporting are
-in their own modules, and how things are shown is in ``ui``; this file parses
-options, asks for confirmation and picks the exit code.
+Each command parses its options, calls the method of the same name and
+prints; every promise (the lock, recovery, the unchanged list) lives in the
+library. How things are shown is in ``ui``; which exit code an error gives is
+in ``errors.EXIT_CODES``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import time
 import webbrowser
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -19,28 +21,22 @@ from typing import Annotated, NoReturn
 import typer
 
 from . import __version__
+from .campaign import Campaign, Events, SendResult, Start
 from .config import Config, SendConfig, SmtpConfig, find_config, load_config
-from .archive import collect_bounces, imap_config, parse_since, save_sent_copies
+from .archive import BounceResult, imap_config, parse_since, save_sent_copies
 from .credentials import find_imap_secret, find_secret, forget_password, store_password
 from .imap import ImapSession
-from .errors import ConfigError, InputError, MailmergeError
-from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_to_send, open_view
-from .marker import SentMarker, check_journal_kept
-from .merge import (
-    MergeResult, Plan, Work, campaign_outcomes, count_work, plan_merge, rendered_rows, send_merge, send_test,
-)
+from .errors import ConfigError, InputError, Interrupted, MailmergeError, exit_code_of
+from .journal import Journal
+from .merge import Plan
 from .message import OutgoingMessage, preview_text, viewable_html
-from .outbox import Outbox
-from .outcome import Status
-from .pacing import StopSignal, parse_duration, parse_rate
-from .recipients import read_recipients
-from .report import Summary, default_report_path, write_report
+from .outcome import Outcome, Status
+from .pacing import parse_duration, parse_rate
+from .report import default_report_path
 from .untrusted import visible
-from .template import TemplateSettings, load_template
-from .transport import SmtpSession
 from .ui import SendProgress, Ui, counts_json, message_json, out, rows_json, summary_table
 
-EXIT_OK, EXIT_STOPPED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 3, 130  # 2 (bad input): InputError
+EXIT_OK, EXIT_REFUSED = 0, 3  # what the rows' states end in; an error's code comes from errors.EXIT_CODES
 
 app = typer.Typer(
     help=(
@@ -78,7 +74,7 @@ AttachmentsOption = Annotated[
 RateOption = Annotated[str | None, typer.Option(metavar="RATE", help="At most this many messages: 20/min, 2/s, 500/h (default: rate in [send]).", show_default=False)]
 CampaignOption = Annotated[
     str | None,
-    typer.Option(metavar="NAME", help="Name of the campaign in the journal (default: from the list's path and the template's text).", show_default=False),
+    typer.Option("--campaign", metavar="NAME", help="Name of the campaign in the journal (default: from the list's path and the template's text).", show_default=False),
 ]
 OutboxOption = Annotated[
     Path | None,
@@ -86,52 +82,16 @@ OutboxOption = Annotated[
 ]
 
 
-def _prepare(
+def _open(
     ui: Ui, list_path: Path, template: Path | None, config_path: Path | None, sheet: str | None,
-    encoding: str | None, attachments_dir: Path | None = None,
-) -> tuple[Config, Plan]:
-    """Read the config, the list and the template, and check every row."""
-
-    def prepare() -> tuple[Config, Plan]:
-        config = load_config(find_config(list_path, config_path))
-        template_path = template or config.message.template
-        if template_path is None:
-            raise ConfigError("which template? pass -t TEMPLATE, or set template in [message] of mailmerge.toml")
-        recipients = read_recipients(list_path, sheet=sheet, encoding=encoding)
-        for note in [*config.notes, *recipients.notes]:
-            ui.note(f"note: {note}")
-        settings = TemplateSettings(
-            default_from=config.message.sender,
-            unsubscribe=config.message.unsubscribe,
-            list_id=config.message.list_id,
-            css=config.message.css,
-            attachments_dir=attachments_dir,
-            protected=_protected_files(config, list_path),
-        )
-        return config, plan_merge(recipients, load_template(template_path, settings), config.send.recipient_limit)
-
-    config, plan = ui.run(prepare)
-    for outcomes in plan.invalid.values():
-        ui.note(f"row {outcomes[0].row}: invalid: {outcomes[0].reason}")
-    for warning in plan.template.url_warnings(plan.recipients):
-        ui.note(f"warning: {warning}")
-    return config, plan
-
-
-def _protected_files(config: Config, list_path: Path) -> dict[Path, str]:
-    """What a list may never name as an attachment, whatever folder it is in."""
-    protected = {
-        list_path: "the list itself",
-        default_report_path(list_path): "the report",
-        journal_folder(list_path): "the journal",
-        (config.path.parent if config.path else Path.cwd()) / ".env": "the .env file",
-    }
-    if config.path is not None:
-        protected[config.path] = "the config file"
-    for ca_file in (config.smtp.ca_file, config.imap.ca_file):
-        if ca_file is not None:
-            protected[ca_file] = "a certificate file of the config"
-    return protected
+    encoding: str | None, attachments_dir: Path | None = None, name: str | None = None,
+) -> Campaign:
+    """Read the config, the list and the template, check every row, and say what was found."""
+    campaign = ui.run(lambda: Campaign.open(list_path, template, config=config_path, name=name, sheet=sheet,
+                                            encoding=encoding, attachments_dir=attachments_dir))
+    for note in campaign.notes:
+        ui.note(note)
+    return campaign
 
 
 # --- preview -------------------------------------------------------------------------
@@ -157,14 +117,15 @@ def preview(
     Example:  mailmerge preview list.xlsx -t invoice.txt --row 5
     """
     ui = Ui("preview", debug=debug, json=json_out)
-    _, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir)
+    plan = campaign.plan
     if html is not None:
         from .htmlpreview import write_html_preview
 
         index = ui.run(lambda: write_html_preview(plan, html))
         ui.note(f"wrote {html}/ (open {index} in a browser)", style=None)
     shown: list[dict[str, object]] = []
-    for recipient, message in ui.run(lambda: list(rendered_rows(plan))):
+    for recipient, message in ui.run(lambda: list(campaign.preview())):
         if (row is not None and recipient.row != row) or (limit is not None and len(shown) >= limit):
             continue
         if isinstance(message, list):
@@ -215,7 +176,7 @@ def send(
     batch_pause: Annotated[str | None, typer.Option(metavar="TIME", help="How long to pause between batches: 30s, 10m, 1h.", show_default=False)] = None,
     max_messages: Annotated[int | None, typer.Option(metavar="N", help="Stop after N messages (a daily cap); the next run goes on.", show_default=False)] = None,
     connections: Annotated[int | None, typer.Option(metavar="N", help="Send through N sessions side by side (relays that allow it).", show_default=False)] = None,
-    campaign: CampaignOption = None,
+    campaign_name: CampaignOption = None,
     restart: Annotated[bool, typer.Option("--restart", help="Forget what this campaign sent and send every row again.")] = False,
     resend_unknown: Annotated[bool, typer.Option("--resend-unknown", help="Send again the messages whose delivery is unknown.")] = False,
     sent_folder: Annotated[str | None, typer.Option(metavar="NAME", help="IMAP folder for the copies of sent messages (default: the one flagged Sent).", show_default=False)] = None,
@@ -238,45 +199,81 @@ def send(
     3 some rows refused, invalid, deferred, unknown or not sent yet, 130 interrupted.
     """
     ui = Ui("send", debug=debug, json=json_out, quiet=quiet)
-    settings, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
-    pace = ui.run(lambda: _pace(settings.send, rate, batch_size, batch_pause, max_messages, connections))
-    name = campaign_id(list_path, plan.template.text, campaign)
-    if outbox is not None and outbox.exists() and not outbox.is_dir():
-        ui.fail(InputError(f"--outbox {outbox} is a file: give a folder (it is made when missing)"))
-    folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
-    marker = SentMarker(list_path) if outbox is None else None  # only a real send leaves this evidence
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
+    pace = ui.run(lambda: _pace(campaign.config.send, rate, batch_size, batch_pause, max_messages, connections))
     if dry_run:
-        _dry_run(ui, plan, folder, name, resend_unknown, marker)
+        _dry_run(ui, campaign, ui.run(lambda: campaign.send(outbox=outbox, dry_run=True, resend_unknown=resend_unknown)))
     if test_to is not None:
-        _test_send(ui, settings, plan, test_to, limit, yes, verbose)
-    with ui.run(lambda: open_to_send(folder, name, fsync=settings.send.journal_fsync,
-                                     marker=marker, restart=restart)) as journal:
-        if restart:
-            if not yes and not (sys.stdin.isatty() and typer.confirm("Forget what this campaign sent and send every row again?")):
-                ui.fail(InputError("--restart needs a confirmation: answer yes, or add --yes"))
-            ui.run(journal.restart)
-        ui.run(lambda: journal.register(list_path, plan.template.path))
-        recovered = ui.run(journal.recover)
-        work = ui.run(lambda: count_work(plan, journal, resend_unknown=resend_unknown))
-        _say_where_we_are(ui, journal, list_path, work, recovered)
-        report_path = report or default_report_path(list_path)
-        started = time.monotonic()
-        if work.to_send == 0:
-            if outbox is None:
-                _save_copies(ui, settings, plan, journal, sent_folder)
-            _finish(ui, plan, journal, MergeResult(), report_path, started)
-        if outbox is not None:
-            ui.note(f"Writing {work.to_send} messages to the outbox {outbox}/ (nothing leaves this machine)", style=None)
-            result = _send_with_progress(ui, plan, journal, Outbox(outbox, len(plan.recipients)), None, pace, work,
-                                         resend_unknown, verbose)
-        else:
-            smtp = ui.run(settings.require_server)
-            _confirm(ui, yes, f"About to send {work.to_send} messages via {smtp.host}:{smtp.port}{_as_user(smtp)}. Send?")
-            password = _secret(ui, settings, smtp)
-            started = time.monotonic()
-            result = _send_with_progress(ui, plan, journal, smtp, password, pace, work, resend_unknown, verbose)
-            _save_copies(ui, settings, plan, journal, sent_folder)
-        _finish(ui, plan, journal, result, report_path, started)
+        _test_send(ui, campaign, test_to, limit, yes, verbose)
+    events, report_path = _SendEvents(ui, yes=yes, verbose=verbose, sent_folder=sent_folder), report or default_report_path(list_path)
+    try:
+        result = ui.run(lambda: campaign.send(outbox=outbox, restart=restart, resend_unknown=resend_unknown,
+                                               pace=pace, events=events, report=report_path))
+    except KeyboardInterrupt:  # the second Ctrl-C: the journal is consistent, the lock released
+        result = SendResult(stopped="interrupted twice (Ctrl-C): stopped at once", interrupted=True)
+    finally:
+        events.stop_progress()
+    if result.cancelled:
+        raise typer.Exit(EXIT_OK)
+    _finish(ui, campaign, result, report_path, events.started, outbox)
+
+
+class _SendEvents(Events):
+    """What ``send`` shows while the campaign sends: where it starts, the
+    confirmation, the progress bar, the Sent copies."""
+
+    def __init__(self, ui: Ui, *, yes: bool, verbose: bool, sent_folder: str | None) -> None:
+        self.ui, self.yes, self.sent_folder = ui, yes, sent_folder
+        self.log = (lambda line: ui.note(line, style=None)) if verbose else None
+        self.prompt = _prompt()
+        self.progress: SendProgress | None = None
+        self.started = time.monotonic()
+
+    def confirm_restart(self) -> bool:
+        return self.yes or (sys.stdin.isatty() and typer.confirm("Forget what this campaign sent and send every row again?"))
+
+    def starting(self, start: Start) -> bool:
+        _say_where_we_are(self.ui, start)
+        self.started = time.monotonic()
+        if start.work.to_send and start.outbox is not None:
+            self.ui.note(f"Writing {start.work.to_send} messages to the outbox {start.outbox}/ (nothing leaves this machine)", style=None)
+        elif start.work.to_send and start.smtp is not None:
+            smtp = start.smtp
+            if not _confirm(self.ui, self.yes, f"About to send {start.work.to_send} messages via {smtp.host}:{smtp.port}{_as_user(smtp)}. Send?"):
+                return False
+        return True
+
+    def password(self, smtp: SmtpConfig, config: Config) -> str | None:
+        secret = _secret(self.ui, config, smtp)
+        self.started = time.monotonic()
+        return secret
+
+    def sending(self, total: int) -> None:
+        self.progress = SendProgress(self.ui, total).__enter__()
+
+    def row(self, outcomes: list[Outcome]) -> None:
+        if self.progress is not None:
+            self.progress.row(outcomes)
+
+    def notify(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.notify(text)
+        elif not self.ui.quiet:
+            self.ui.note(text, style=None)
+
+    def sent(self, campaign: Campaign, journal: Journal) -> None:
+        self.stop_progress()
+        _save_copies(self.ui, campaign.config, campaign.plan, journal, self.sent_folder)
+
+    def stop_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)
+            self.progress = None
+
+
+def _prompt() -> Callable[[str], str] | None:
+    """Asks for a password on a terminal; None when there is none to ask on."""
+    return (lambda text: str(typer.prompt(text, hide_input=True, err=True))) if sys.stdin.isatty() else None
 
 
 def _imap_session(ui: Ui, settings: Config, verbose: bool = False) -> ImapSession:
@@ -323,20 +320,17 @@ def _as_user(smtp: SmtpConfig) -> str:
     return f" as {smtp.username}" if smtp.username else ""
 
 
-def _confirm(ui: Ui, yes: bool, question: str) -> None:
+def _confirm(ui: Ui, yes: bool, question: str) -> bool:
     if yes:
-        return
+        return True
     if not sys.stdin.isatty():
         ui.fail(InputError("no terminal to confirm on; add --yes to send without asking"))
-    if not typer.confirm(question, err=True):
-        raise typer.Exit(EXIT_OK)
+    return typer.confirm(question, err=True)
 
 
-def _dry_run(ui: Ui, plan: Plan, folder: Path, name: str, resend_unknown: bool, marker: SentMarker | None) -> NoReturn:
-    with ui.run(lambda: open_view(folder, name)) as view:
-        if marker is not None:  # the send would stop: say so now
-            ui.run(lambda: check_journal_kept(view, marker))
-        work = ui.run(lambda: count_work(plan, view, resend_unknown=resend_unknown))
+def _dry_run(ui: Ui, campaign: Campaign, result: SendResult) -> NoReturn:
+    work, plan = result.work, campaign.plan
+    assert work is not None
     if ui.json:
         ui.emit({"dry_run": True, "counts": {"rows": work.rows, "to_send": work.to_send, "already_sent": work.done,
                                              "invalid": work.invalid, "addresses": plan.addresses},
@@ -348,12 +342,12 @@ def _dry_run(ui: Ui, plan: Plan, folder: Path, name: str, resend_unknown: bool, 
     raise typer.Exit(EXIT_REFUSED if plan.invalid else EXIT_OK)
 
 
-def _test_send(ui: Ui, settings: Config, plan: Plan, address: str, limit: int, yes: bool, verbose: bool) -> NoReturn:
-    smtp = ui.run(settings.require_server)
-    _confirm(ui, yes, f"Send {limit} test messages to {address} via {smtp.host}:{smtp.port}{_as_user(smtp)}?")
-    password = _secret(ui, settings, smtp)
-    log = (lambda line: ui.note(line, style=None)) if verbose else None
-    outcomes = ui.run(lambda: send_test(plan, smtp, password, address, limit=limit, log=log))
+def _test_send(ui: Ui, campaign: Campaign, address: str, limit: int, yes: bool, verbose: bool) -> NoReturn:
+    smtp = ui.run(campaign.config.require_server)
+    if not _confirm(ui, yes, f"Send {limit} test messages to {address} via {smtp.host}:{smtp.port}{_as_user(smtp)}?"):
+        raise typer.Exit(EXIT_OK)
+    events = _SendEvents(ui, yes=yes, verbose=verbose, sent_folder=None)
+    outcomes = ui.run(lambda: campaign.send_test(address, limit=limit, events=events))
     sent = sum(o.status.value == "sent" for o in outcomes)
     if ui.json:
         ui.emit({"test_to": address, "counts": {"sent": sent, "not_sent": len(outcomes) - sent}, "rows": rows_json(outcomes)})
@@ -392,17 +386,18 @@ def _pace(
     return settings
 
 
-def _say_where_we_are(ui: Ui, journal: Journal, list_path: Path, work: Work, recovered: int) -> None:
-    if recovered:
+def _say_where_we_are(ui: Ui, start: Start) -> None:
+    work = start.work
+    if start.recovered:
         ui.note(
-            f"{recovered} addresses were being sent when the last run stopped: they are 'unknown' "
+            f"{start.recovered} addresses were being sent when the last run stopped: they are 'unknown' "
             "(maybe delivered) and are not sent again; --resend-unknown sends them."
         )
     if work.done and work.to_send:
         ui.note(f"{work.done:,} of {work.rows - work.invalid:,} already sent; sending the other {work.to_send:,}", style=None)
     elif work.done:
         ui.note(f"Nothing left to send: all {work.done:,} rows were sent (or refused) by an earlier run.", style=None)
-    for other, count in journal.other_campaigns(list_path):
+    for other, count in start.other_campaigns:
         ui.note(
             f"note: {count} messages of this list were sent by another campaign ({other}), "
             "with another version of the template. If this is the same mailing, stop and "
@@ -410,25 +405,9 @@ def _say_where_we_are(ui: Ui, journal: Journal, list_path: Path, work: Work, rec
         )
 
 
-def _send_with_progress(
-    ui: Ui, plan: Plan, journal: Journal, smtp: SmtpConfig | Outbox, password: str | None,
-    settings: SendConfig, work: Work, resend_unknown: bool, verbose: bool,
-) -> MergeResult:
-    stop = StopSignal()
-    with SendProgress(ui, work.to_send) as progress:
-        try:
-            with stop.installed():
-                return send_merge(plan, journal, smtp, password, settings, stop=stop,
-                                  resend_unknown=resend_unknown, on_row=progress.row, notify=progress.notify,
-                                  log=(lambda line: ui.note(line, style=None)) if verbose else None)
-        except KeyboardInterrupt:  # the second Ctrl-C
-            return MergeResult(stopped="interrupted twice (Ctrl-C): stopped at once")
-        except MailmergeError as error:
-            ui.fail(error)
-
-
-def _finish(ui: Ui, plan: Plan, journal: Journal, result: MergeResult, report_path: Path, started: float) -> NoReturn:
-    summary = write_report(report_path, campaign_outcomes(plan, journal))
+def _finish(ui: Ui, campaign: Campaign, result: SendResult, report_path: Path, started: float,
+            outbox: Path | None) -> NoReturn:
+    summary = result.summary or ui.run(lambda: campaign.write_report(report_path, outbox=outbox))
     seconds = time.monotonic() - started
     again = "Nothing is lost: run the same command again to send the rest."
     if result.error is not None:
@@ -436,18 +415,18 @@ def _finish(ui: Ui, plan: Plan, journal: Journal, result: MergeResult, report_pa
         ui.note(again)
     elif result.stopped:
         ui.note(f"Stopped: {result.stopped}. {again}")
-    if result.stopped.startswith(("interrupted", "stopped (SIGTERM)")):
-        code = EXIT_INTERRUPTED
+    if result.interrupted:
+        code = exit_code_of(Interrupted(result.stopped))
     elif result.error is not None:
-        code = EXIT_STOPPED
+        code = exit_code_of(result.error)
     else:
         code = EXIT_OK if summary.all_sent else EXIT_REFUSED
     if ui.json:
         ui.emit({
-            "campaign": journal.campaign, "counts": counts_json(summary), "messages": result.messages,
+            "campaign": campaign.name, "counts": counts_json(summary), "messages": result.messages,
             "seconds": round(seconds, 3), "report": str(report_path), "stopped": result.stopped or None,
             "error": str(result.error) if result.error else None, "exit_code": code,
-            "rows": rows_json(campaign_outcomes(plan, journal)),
+            "rows": rows_json(campaign.outcomes(outbox=outbox)),
         })
     else:
         if not ui.quiet:
@@ -465,7 +444,7 @@ def status(
     list_path: ListArgument,
     template: TemplateOption = None,
     config: ConfigOption = None,
-    campaign: CampaignOption = None,
+    campaign_name: CampaignOption = None,
     outbox: Annotated[Path | None, typer.Option(metavar="DIR", help="The status of the campaign sent with --outbox DIR.", show_default=False)] = None,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
@@ -478,18 +457,13 @@ def status(
     Example:  mailmerge status list.xlsx -t invoice.txt
     """
     ui = Ui("status", debug=debug, json=json_out)
-    _, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
-    name = campaign_id(list_path, plan.template.text, campaign)
-    folder = outbox / JOURNAL_FOLDER if outbox is not None else journal_folder(list_path)
-    with ui.run(lambda: open_view(folder, name)) as view:
-        if outbox is None:  # counts from a lost journal would say "not sent yet" to rows that were sent
-            ui.run(lambda: check_journal_kept(view, SentMarker(list_path)))
-        summary = ui.run(lambda: Summary.of(campaign_outcomes(plan, view)))
-        if ui.json:
-            ui.emit({"campaign": name, "rows": len(plan.recipients), "counts": counts_json(summary),
-                     "entries": ui.run(lambda: rows_json(campaign_outcomes(plan, view)))})
-            return
-    ui.say(f"campaign {name}: {len(plan.recipients)} rows")
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
+    summary = ui.run(lambda: campaign.status(outbox=outbox))
+    if ui.json:
+        ui.emit({"campaign": campaign.name, "rows": len(campaign.plan.recipients), "counts": counts_json(summary),
+                 "entries": ui.run(lambda: rows_json(campaign.outcomes(outbox=outbox)))})
+        return
+    ui.say(f"campaign {campaign.name}: {len(campaign.plan.recipients)} rows")
     for state in Status:
         label = "not sent yet" if state is Status.FAILED else state.value
         ui.say(f"  {label:<13}{summary.counts[state]:>8,}")
@@ -513,22 +487,17 @@ def check(
     Example:  mailmerge check list.xlsx -t invoice.txt --smtp
     """
     ui = Ui("check", debug=debug, json=json_out)
-    settings, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir)
+    plan = campaign.plan
     ui.say(f"list and template: {plan.to_send} rows can be sent, {len(plan.invalid)} invalid")
     steps: list[str] = []
     if smtp_check:
-        smtp = ui.run(settings.require_server)
-        secret = _secret(ui, settings, smtp)
 
         def step(text: str) -> None:
             steps.append(text)
             ui.say(f"  ok  {text}")
 
-        log = (lambda line: ui.note(line, style=None)) if verbose else None
-        session = SmtpSession(smtp, secret, log=log, step=step)
-        ui.run(session.open)
-        session.close()
-        step("QUIT")
+        ui.run(lambda: campaign.check_smtp(events=_SendEvents(ui, yes=True, verbose=verbose, sent_folder=None), step=step))
     if ui.json:
         ui.emit({
             "counts": {"rows": len(plan.recipients), "to_send": plan.to_send, "invalid": len(plan.invalid)},
@@ -547,7 +516,7 @@ def bounces(
     since: Annotated[str, typer.Option(metavar="WHEN", help="Look at mail received since: 2d, 12h, 1w or 2026-11-20.")] = "7d",
     report: Annotated[Path | None, typer.Option(metavar="PATH", help="The report to rewrite (default: LIST.report.csv beside the list).", show_default=False)] = None,
     move_to: Annotated[str | None, typer.Option(metavar="FOLDER", help="Move the bounces found into this folder (default: leave the inbox as it is).", show_default=False)] = None,
-    campaign: CampaignOption = None,
+    campaign_name: CampaignOption = None,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
@@ -563,30 +532,13 @@ def bounces(
     Example:  mailmerge bounces list.xlsx -t invoice.txt --since 2d
     """
     ui = Ui("bounces", debug=debug, json=json_out)
-    settings, plan = _prepare(ui, list_path, template, config, sheet, encoding, attachments_dir)
-    if not settings.imap.host:
-        ui.fail(ConfigError("bounces needs [imap] in mailmerge.toml (host or provider, username)"))
-    when = ui.run(lambda: parse_since(since))
-    name = campaign_id(list_path, plan.template.text, campaign)
-    with ui.run(lambda: Journal(journal_folder(list_path), name)) as journal:
-        ui.run(lambda: check_journal_kept(journal, SentMarker(list_path)))  # or the report would say "not sent yet"
-        session = _imap_session(ui, settings, verbose)
-        try:
-            found = ui.run(lambda: collect_bounces(journal, session, when, move_to=move_to))
-        finally:
-            session.close()
-        report_path = report or default_report_path(list_path)
-        summary = write_report(report_path, campaign_outcomes(plan, journal))
-    # Everything below that comes from a mail is a stranger's text: visible() keeps
-    # its control characters from acting on the terminal.
-    for bounce, rows in found.matched:
-        ui.note(f"row {', '.join(map(str, rows))}: bounced {visible(bounce.recipient)}: "
-                f"{visible(bounce.status)} {visible(bounce.diagnostic)}", style=None)
-    for bounce, why in found.possible:
-        mail = bounce.mail
-        ui.note(f"possible bounce, not applied: {visible(bounce.recipient)} ({why}): the mail from "
-                f"{visible(mail.sender) or '(no From)'}, {visible(mail.date) or '(no Date)'}, "
-                f"subject \"{visible(mail.subject)}\"", style=None)
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
+    events = _SendEvents(ui, yes=True, verbose=verbose, sent_folder=None)
+    found = ui.run(lambda: campaign.bounces(since, move_to=move_to, events=events))
+    when = parse_since(since)
+    report_path = report or default_report_path(list_path)
+    summary = ui.run(lambda: campaign.write_report(report_path))
+    _say_found(ui, found)
     if ui.json:
         ui.emit({
             "since": when.isoformat(), "bounces": len(found.matched), "counts": counts_json(summary),
@@ -603,6 +555,19 @@ def bounces(
                   "in the inbox" if found.possible else ""))
         ui.say(summary.line())
         ui.say(f"report: {report_path}")
+
+
+def _say_found(ui: Ui, found: BounceResult) -> None:
+    # Everything here that comes from a mail is a stranger's text: visible() keeps
+    # its control characters from acting on the terminal.
+    for bounce, rows in found.matched:
+        ui.note(f"row {', '.join(map(str, rows))}: bounced {visible(bounce.recipient)}: "
+                f"{visible(bounce.status)} {visible(bounce.diagnostic)}", style=None)
+    for bounce, why in found.possible:
+        mail = bounce.mail
+        ui.note(f"possible bounce, not applied: {visible(bounce.recipient)} ({why}): the mail from "
+                f"{visible(mail.sender) or '(no From)'}, {visible(mail.date) or '(no Date)'}, "
+                f"subject \"{visible(mail.subject)}\"", style=None)
 
 
 @app.command()

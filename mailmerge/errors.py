@@ -1,8 +1,14 @@
 """The errors a user can cause or meet, as one hierarchy.
 
-Every error carries the exit code the command ends with and a message written
-for a person: what is wrong, where, and what to do. The CLI prints the message
-and exits with the code; it never shows a traceback unless asked (--debug).
+Every exception the tool raises on purpose derives from :class:`MailmergeError`
+(the journal's, the marker's, IMAP's and SMTP's errors too), and its message is
+written for a person: what is wrong, where, and what to do. SMTP errors carry
+the server's reply as ``code`` and ``text`` when there was one.
+
+Which exit code the command ends with is decided by the class alone, in one
+table (:data:`EXIT_CODES`, walked along the class's MRO); no message text is
+ever parsed for it. The CLI prints the message and exits with that code; it
+never shows a traceback unless asked (--debug).
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from typing import Any
 class MailmergeError(Exception):
     """Base class of every error this tool reports to the user."""
 
-    exit_code: int = 1
+    @property
+    def exit_code(self) -> int:
+        """The exit code of a command that stops on this error (see :data:`EXIT_CODES`)."""
+        return exit_code_of(self)
 
 
 class InputError(MailmergeError):
-    """The list, the template or the config is wrong: nothing was sent (exit 2)."""
-
-    exit_code = 2
+    """The list, the template, the config or the journal's state is wrong:
+    nothing was sent (exit 2)."""
 
 
 class RecipientsError(InputError):
@@ -37,9 +45,17 @@ class ConfigError(InputError):
 
 
 class SendError(MailmergeError):
-    """The SMTP session failed in a way that stops the run (exit 1)."""
+    """The SMTP session failed in a way that stops the run (exit 1).
 
-    exit_code = 1
+    ``code`` and ``text`` are the server's reply that caused it, when there
+    was one (the aiosmtplib model): a script can tell a 421 from a 535
+    without reading the message.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None, text: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.text = text
 
 
 class ConnectError(SendError):
@@ -66,9 +82,34 @@ class ConnectionLost(SendError):
     ``outcomes`` holds what became of the message that was being sent.
     """
 
-    def __init__(self, message: str, outcomes: Iterable[Any] = ()) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, outcomes: Iterable[Any] = (), *, code: int | None = None, text: str = ""
+    ) -> None:
+        super().__init__(message, code=code, text=text)
         self.outcomes = list(outcomes)
+
+
+class Interrupted(MailmergeError):
+    """The person stopped the run (Ctrl-C, SIGTERM): what was sent is in the
+    journal; the same command again sends the rest (exit 130)."""
+
+
+# The exit code of each kind of error: the first class of an error's MRO found
+# here wins. The only place that decides an exit code from an error.
+EXIT_CODES: dict[type[BaseException], int] = {
+    Interrupted: 130,
+    InputError: 2,
+    SendError: 1,
+    MailmergeError: 1,
+}
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code for ``error``, from :data:`EXIT_CODES` (1 for anything else)."""
+    for kind in type(error).__mro__:
+        if kind in EXIT_CODES:
+            return EXIT_CODES[kind]
+    return 1
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -78,11 +119,11 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f"; did you mean '{by_lower[close[0]]}'?" if close else ""
 
 
-class InvalidRow(Exception):
+class InvalidRow(MailmergeError):
     """One row cannot be sent because of its data (a broken address, a line
     break in a header value): that row is reported ``invalid``, the others go.
 
-    Not a :class:`MailmergeError`: it never stops a run.
+    It never stops a run: the merge catches it for each row.
     """
 
     def __init__(self, reason: str, address: str = "") -> None:

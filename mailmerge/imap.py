@@ -51,8 +51,6 @@ class ImapError(MailmergeError):
     """The IMAP server could not be reached, refused the login, or refused a
     command (exit 1)."""
 
-    exit_code = 1
-
 
 @dataclass
 class ImapConfig:

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MailmergeError
+from .errors import InputError, MailmergeError
 from .marker import SentMarker, check_journal_kept
 from .outcome import Outcome, Status
 
@@ -84,21 +84,15 @@ CREATE TABLE IF NOT EXISTS campaigns (
 
 
 class CampaignLocked(MailmergeError):
-    """Another run of the same campaign holds the lock."""
-
-    exit_code = 1
+    """Another run of the same campaign holds the lock (exit 1)."""
 
 
 class JournalError(MailmergeError):
-    """The journal cannot be opened or written."""
-
-    exit_code = 1
+    """The journal cannot be opened or written (exit 1)."""
 
 
-class JournalDamaged(MailmergeError):
-    """SQLite finds the journal file damaged: it cannot say what was sent."""
-
-    exit_code = 2
+class JournalDamaged(InputError):
+    """SQLite finds the journal file damaged: it cannot say what was sent (exit 2)."""
 
 
 # SQLite's answers for a file that is damaged, or is not a database at all.
@@ -121,10 +115,8 @@ def _damaged(path: Path, detail: str) -> JournalDamaged:
     )
 
 
-class ListChanged(MailmergeError):
-    """A row that was already sent no longer holds the same values."""
-
-    exit_code = 2
+class ListChanged(InputError):
+    """A row that was already sent no longer holds the same values (exit 2)."""
 
 
 def campaign_id(list_path: Path, template_text: str, name: str | None = None) -> str:

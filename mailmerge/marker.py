@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from .errors import MailmergeError
+from .errors import InputError, MailmergeError
 
 _HEADER = (
     "# mailmerge: these campaigns sent messages from {list} to a real server. Keep this file:\n"
@@ -34,10 +34,8 @@ _HEADER = (
 )
 
 
-class JournalLost(MailmergeError):
-    """The marker says this campaign sent messages; the journal knows nothing of it."""
-
-    exit_code = 2
+class JournalLost(InputError):
+    """The marker says this campaign sent messages; the journal knows nothing of it (exit 2)."""
 
 
 class OpenedJournal(Protocol):
@@ -54,9 +52,11 @@ class OpenedJournal(Protocol):
 class SentMarker:
     """The marker file of one list (see the module's docstring)."""
 
-    def __init__(self, list_path: Path) -> None:
+    def __init__(self, list_path: Path, *, path: Path | None = None) -> None:
+        """The marker of the list at ``list_path``; ``path`` puts it elsewhere
+        (rows given from Python have no list file to sit beside)."""
         self.list_path = list_path
-        self.path = list_path.with_name(f".{list_path.name}.mailmerge-sent")
+        self.path = path or list_path.with_name(f".{list_path.name}.mailmerge-sent")
         self._recorded: set[str] = set()  # campaigns written by this process
 
     def find(self, campaign: str) -> dict[str, str] | None:

@@ -1,14 +1,11 @@
-"""A whole merge: check every row, then send what is left through one session,
-keeping the journal, so that a run can stop anywhere and the next one goes on.
+"""The engine of a merge: check every row (:func:`plan_merge`), count what is
+left (:func:`count_work`), stream it through the sessions while journalling
+(:func:`send_merge`), and read the whole campaign back (:func:`campaign_outcomes`).
 
-This is the library API behind the commands::
-
-    recipients = read_recipients("list.xlsx")
-    template = load_template("welcome.txt", default_from=config.message.sender)
-    plan = plan_merge(recipients, template, config.send.recipient_limit)  # renders every row; sends nothing
-    with Journal(folder, campaign_id(...)) as journal:
-        result = send_merge(plan, journal, config.smtp, password, config.send)
-        summary = write_report(path, campaign_outcomes(plan, journal))
+Use :class:`mailmerge.Campaign` rather than these: ``send_merge`` alone takes
+no lock, recovers no in-flight mark and does not check that the list is
+unchanged; :meth:`Campaign.send <mailmerge.campaign.Campaign.send>` does all of
+that around it, in the right order.
 
 Rows are rendered again when needed instead of being held as messages, so
 memory does not grow with the length of the list.
@@ -20,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .config import RecipientLimit, SendConfig, SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
@@ -29,9 +26,11 @@ from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_ad
 from .outbox import Outbox, OutboxWriter
 from .outcome import Outcome, Status
 from .pacing import Pacer, StopSignal
-from .recipients import Recipient, RecipientList
 from .template import Draft, MailTemplate
 from .transport import Job, SmtpClient, SmtpSession
+
+if TYPE_CHECKING:  # types only: the reader (and pandas) is loaded when a list is read
+    from .recipients import Recipient, RecipientList
 
 # States after which an address is not sent again by a later run.
 DONE = {Status.SENT.value, Status.REFUSED.value, Status.UNKNOWN.value, Status.BOUNCED.value}
@@ -215,6 +214,7 @@ class MergeResult:
     messages: int = 0  # messages handed to the server in this run
     error: SendError | None = None  # the run stopped early on this
     stopped: str = ""  # why the run stopped before the end ("" when it did not)
+    interrupted: bool = False  # the person stopped it (Ctrl-C, SIGTERM): exit 130, not an error
 
 
 @dataclass(order=True)
@@ -365,6 +365,7 @@ class _Run:
     def _may_continue(self) -> bool:
         if self.stop.requested:
             self.result.stopped = self.result.stopped or self.stop.reason
+            self.result.interrupted = self.stop.interrupted
             return False
         limit = self.settings.max_messages
         if limit and self.result.messages >= limit:

@@ -49,13 +49,16 @@ class StopSignal:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.reason = ""
+        self.interrupted = False  # stopped by the person (a signal), not by an error
 
     @property
     def requested(self) -> bool:
         return self._event.is_set()
 
-    def request(self, reason: str) -> None:
-        self.reason = self.reason or reason
+    def request(self, reason: str, *, interrupted: bool = False) -> None:
+        """Stop after the message in flight; ``interrupted``: the person asked."""
+        if not self._event.is_set():
+            self.reason, self.interrupted = reason, interrupted
         self._event.set()
 
     def sleep(self, seconds: float) -> bool:
@@ -74,7 +77,7 @@ class StopSignal:
         def handle(number: int, frame: FrameType | None) -> None:
             if self.requested:
                 raise KeyboardInterrupt
-            self.request("interrupted (Ctrl-C)" if number == signal.SIGINT else "stopped (SIGTERM)")
+            self.request("interrupted (Ctrl-C)" if number == signal.SIGINT else "stopped (SIGTERM)", interrupted=True)
 
         previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

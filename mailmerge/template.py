@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import jinja2
 from jinja2 import meta, nodes, pass_eval_context
@@ -63,7 +63,9 @@ from .listheaders import (
     LIST_ID_FORM, URI_HEADERS, describe_chars, is_no_post, needs_encoding, parse_list_id, raw_url_columns,
     split_uris, to_uri,
 )
-from .recipients import Recipient
+
+if TYPE_CHECKING:  # only a type here: importing it would load pandas for every command
+    from .recipients import Recipient
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
 # Headers mailmerge writes itself; a template that sets them is wrong.
@@ -318,6 +320,17 @@ class MailTemplate:
             raise TemplateError(f"{self._where(part, error.lineno)}: {error.message}") from error
 
     # --- checks before any row is rendered ---------------------------------
+
+    @classmethod
+    def from_string(
+        cls, text: str, *, name: str = "template.txt", folder: Path | str | None = None,
+        settings: TemplateSettings | None = None,
+    ) -> MailTemplate:
+        """A template from its text instead of a file. ``name``'s suffix gives
+        the body's kind when the text has no Content-Type (.txt, .html, .md);
+        files it names (attachments, images) are looked for in ``folder``
+        (default: the current folder)."""
+        return template_from_text(text, Path(folder or Path.cwd()) / name, settings)
 
     def check_columns(self, columns: list[str], first_row: int) -> None:
         """Fail when the template uses a name that is not a column.
@@ -707,6 +720,13 @@ def load_template(path: Path | str, settings: TemplateSettings | None = None, *,
         raise TemplateError(
             f"{path}: the template is not UTF-8 (byte {error.start}); save it as UTF-8"
         ) from error
+    return template_from_text(text, path, settings)
+
+
+def template_from_text(text: str, path: Path, settings: TemplateSettings | None = None) -> MailTemplate:
+    """Parse a template's ``text``. ``path`` names it in errors, its suffix
+    says the body's kind when there is no Content-Type header (.txt, .html,
+    .md), and its folder is where the files it names are looked for."""
     parts, content_type = parse_template(text, path)
     kind = _body_kind(content_type, path)
     return MailTemplate(path, parts, kind, content_type, settings, text)

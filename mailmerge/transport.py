@@ -203,12 +203,12 @@ class SmtpSession:
         self.close()  # a server that refuses still waits for QUIT (RFC 5321 3.1)
         if 400 <= code < 500:
             raise ServerBusy(f"{where} is refusing connections for now: {code} {text} "
-                             "(a temporary limit: wait and try again)")
+                             "(a temporary limit: wait and try again)", code=code, text=text)
         if 500 <= code < 600:
             raise ClientRefused(
                 f"{where} refuses connections from this computer: {code} {text} (this is about your "
                 "network address or its reputation, not your settings: send from another network, "
-                "or ask the server's administrator to let your address in)"
+                "or ask the server's administrator to let your address in)", code=code, text=text,
             )
         # smtplib gives -1 for a line that does not start with a code (an IMAP or HTTP server).
         raise ConnectError(f"{where} did not greet like an SMTP server; check host and port in [smtp]")
@@ -235,7 +235,8 @@ class SmtpSession:
         except smtplib.SMTPAuthenticationError as error:
             raise AuthenticationError(
                 f"{config.host} refused the login for {config.username}: "
-                f"{error.smtp_code} {_text(error.smtp_error)}. {login_hint(config.host, config.provider)}"
+                f"{error.smtp_code} {_text(error.smtp_error)}. {login_hint(config.host, config.provider)}",
+                code=error.smtp_code, text=_text(error.smtp_error),
             ) from None  # smtplib's own error may hold the encoded credentials
         finally:
             smtp.password = ""
@@ -391,7 +392,7 @@ class SmtpSession:
         except (_ServerClosed, smtplib.SMTPServerDisconnected, OSError) as error:
             self.abort()
             if isinstance(error, _ServerClosed):
-                lost = ConnectionLost(f"{self.config.host} closed the session: {error}")
+                lost = ConnectionLost(f"{self.config.host} closed the session: {error}", code=error.code, text=error.text)
             else:
                 lost = ConnectionLost(f"the connection to {self.config.host} was lost: {error or 'closed'}")
             maybe_delivered = not isinstance(error, _ServerClosed)  # a 421 to the end of DATA: not taken
@@ -413,7 +414,11 @@ _Step = str | EnvelopeRecipient
 
 
 class _ServerClosed(Exception):
-    """The server answered 421: it closes the session."""
+    """The server answered 421: it closes the session (never leaves this module)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code, self.text = code, text
 
 
 class _Transaction:
@@ -517,7 +522,7 @@ class _Wire:
             target, answered = self.expected.popleft()
             code, reply = self.smtp.getreply()
             if code == 421:
-                raise _ServerClosed(f"{code} {_text(reply)}")
+                raise _ServerClosed(code, _text(reply))
             target.take(answered, code, _text(reply))
 
 
