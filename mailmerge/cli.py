@@ -31,7 +31,7 @@ from .merge import (
 )
 from .message import OutgoingMessage, preview_text, viewable_html
 from .outbox import Outbox
-from .outcome import Status
+from .outcome import REPORTED
 from .pacing import StopSignal, parse_duration, parse_rate
 from .recipients import read_recipients
 from .report import Summary, default_report_path, write_report
@@ -484,9 +484,8 @@ def status(
                      "entries": ui.run(lambda: rows_json(campaign_outcomes(plan, view)))})
             return
     ui.say(f"campaign {name}: {len(plan.recipients)} rows")
-    for state in Status:
-        label = "not sent yet" if state is Status.FAILED else state.value
-        ui.say(f"  {label:<13}{summary.counts[state]:>8,}")
+    for state in REPORTED:
+        ui.say(f"  {state.label:<13}{summary.counts[state]:>8,}")
 
 
 @app.command()
