@@ -84,15 +84,17 @@ def test_a_row_made_invalid_after_it_was_sent_stays_sent(tmp_path: Path, plain_s
     assert run_cli("send", xlsx, "-t", template, "--yes").exit_code == 0
 
     (tmp_path / "bob.pdf").unlink()  # tidied up after the send
+    dan = ("Dan", "dan@example.com", "ann.pdf")
+    write_xlsx(xlsx, ("name", "email", "file"), [*ROWS, dan])  # and a new row: this run sends something
     later = run_cli("send", xlsx, "-t", template, "--yes")
     (tmp_path / "bob.pdf").write_bytes(b"%PDF-1.4 invoice")
     restored = run_cli("send", xlsx, "-t", template, "--yes")
 
     assert later.exit_code == 0, later.output
     assert lines_of(tmp_path, 3) == [("bob@example.com", "sent")]
-    assert status_counts(xlsx, template) == {"sent": 3}
+    assert status_counts(xlsx, template) == {"sent": 4}
     assert restored.exit_code == 0 and "Nothing left to send" in restored.stderr
-    assert collections.Counter(plain_server.recipients()) == {a: 1 for _, a, _ in ROWS}  # never sent again
+    assert collections.Counter(plain_server.recipients()) == {a: 1 for _, a, _ in [*ROWS, dan]}  # never sent again
 
 
 def test_a_refused_address_corrected_in_the_list_is_sent_and_leaves_the_report(
@@ -114,6 +116,25 @@ def test_a_refused_address_corrected_in_the_list_is_sent_and_leaves_the_report(
     assert REFUSED not in (tmp_path / "list.report.csv").read_text(encoding="utf-8-sig")
     assert status_counts(xlsx, template) == {"sent": 3}
     assert plain_server.recipients() == ["ann@example.com", "cho@example.com", "bob@example.com"]
+
+
+def test_a_refused_row_edited_but_not_its_address_is_not_sent_again(
+    tmp_path: Path, plain_server: SmtpTestServer
+) -> None:
+    rows = [("Ann", "ann@example.com", "a.pdf"), ("Bob", REFUSED, "a.pdf")]
+    xlsx, template = make(tmp_path, rows)
+    (tmp_path / "a.pdf").write_bytes(b"%PDF-1.4")
+    write_config(tmp_path, plain_server, security="none", username=None)
+    run_cli("send", xlsx, "-t", template, "--yes")
+
+    write_xlsx(xlsx, ("name", "email", "file"), [rows[0], ("Bobby", REFUSED, "a.pdf")])  # only the name fixed
+    dry = json.loads(run_cli("send", xlsx, "-t", template, "--dry-run", "--json").stdout)
+    second = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert dry["counts"]["to_send"] == 0 and dry["counts"]["already_sent"] == 2
+    assert second.exit_code == 3 and "Nothing left to send" in second.stderr
+    assert lines_of(tmp_path, 3) == [(REFUSED, "refused")]
+    assert plain_server.recipients() == ["ann@example.com"]  # a refused address is not tried again
 
 
 def test_a_row_partly_sent_then_edited_is_still_a_list_change(tmp_path: Path, plain_server: SmtpTestServer) -> None:
