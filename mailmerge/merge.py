@@ -132,13 +132,19 @@ def _settled(entry: Entry, resend_unknown: bool) -> bool:
 
 
 def _row_is_done(recipient: Recipient, journaled: list[Entry], resend_unknown: bool) -> bool:
-    """Every address of the row is settled, as the journal can tell without
-    rendering the row: its lines were all written for the row as it is now (a
-    row's envelope depends only on the template and the row, the template the
-    same within a campaign). A row edited since (a refused address corrected)
-    or invalid before is not done here: :func:`_left` decides, from its envelope."""
-    fingerprint = row_hash(recipient.values)
-    return bool(journaled) and all(e.row_hash == fingerprint and _settled(e, resend_unknown) for e in journaled)
+    """Every address of the row is settled, as far as the journal can tell
+    without rendering the row. A row's envelope depends only on the template
+    (the same within a campaign) and the row, and a row that a message reached
+    does not change (:func:`count_work` stops when it did); a row that reached
+    no one may have been corrected since (a refused address fixed): its lines
+    count only when written for the row as it is now. A row invalid before has
+    an unsettled line: :func:`_left` decides from its envelope."""
+    if not journaled or not all(_settled(e, resend_unknown) for e in journaled):
+        return False
+    if all(e.state.reached for e in journaled):
+        return True
+    fingerprint = row_hash(recipient.values)  # only here: hashing every row costs ~3 s a million rows
+    return all(e.row_hash == fingerprint for e in journaled)
 
 
 def _left(envelope: list[EnvelopeRecipient], journaled: list[Entry], resend_unknown: bool) -> list[EnvelopeRecipient]:
