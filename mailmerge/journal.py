@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import MailmergeError
 from .marker import SentMarker, check_journal_kept
@@ -232,12 +233,12 @@ class Entry:
     attempts: int
 
     @classmethod
-    def read(cls, line: tuple[object, ...]) -> Entry:
+    def read(cls, line: tuple[Any, ...]) -> Entry:
         """The entry of a line as stored: ``row, address, field, state, ...``.
         A state word of an earlier version is read as today's (``failed``
         is ``not_sent_yet``): journals stay readable across versions."""
         row, address, field, state, *rest = line
-        return cls(row, address, field, Status(state), *rest)  # type: ignore[arg-type]
+        return cls(row, address, field, Status(state), *rest)
 
     def outcome(self) -> Outcome:
         return Outcome(self.row, self.field, self.address, self.state, self.code, self.reason, self.message_id)
