@@ -279,11 +279,12 @@ class _Run:
         self._rows = self._row_jobs(resend_unknown)
 
     def _record_invalid(self, outcomes: list[Outcome], journaled: list[Entry]) -> None:
-        """Journal an invalid row as its latest attempt, unless a message of the
-        row may have reached someone: a row can turn invalid after it went (a
-        lower recipient limit, an attachment deleted since), and it keeps what
-        it had ('invalid' over 'sent' would let a later run send it again)."""
-        if any(e.state.reached for e in journaled):
+        """Journal an invalid row as its latest attempt, unless an address of it
+        is settled (sent, refused, unknown, bounced): a row can turn invalid
+        after it went (a lower recipient limit, an attachment deleted since),
+        and 'invalid' over those lines would let a later run send them again.
+        Such a row is reported invalid from the plan while it is invalid."""
+        if any(not e.state.sends_again for e in journaled):
             return
         current = {o.address for o in outcomes}
         replaced = [e.address for e in journaled if e.address not in current]

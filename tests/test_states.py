@@ -137,6 +137,25 @@ def test_a_refused_row_edited_but_not_its_address_is_not_sent_again(
     assert plain_server.recipients() == ["ann@example.com"]  # a refused address is not tried again
 
 
+def test_a_refused_row_invalid_for_a_while_keeps_its_refusal(tmp_path: Path, plain_server: SmtpTestServer) -> None:
+    rows = [("Ann", "ann@example.com", "a.pdf"), ("Bob", REFUSED, "b.pdf")]
+    xlsx, template = make(tmp_path, rows)
+    for name in ("a.pdf", "b.pdf"):
+        (tmp_path / name).write_bytes(b"%PDF-1.4")
+    write_config(tmp_path, plain_server, security="none", username=None)
+    run_cli("send", xlsx, "-t", template, "--yes")
+
+    (tmp_path / "b.pdf").unlink()
+    write_xlsx(xlsx, ("name", "email", "file"), [*rows, ("Cho", "cho@example.com", "a.pdf")])
+    while_invalid = run_cli("send", xlsx, "-t", template, "--yes")  # sends Cho; Bob's row is invalid now
+    assert while_invalid.exit_code == 3 and lines_of(tmp_path, 3)[0][1] == "invalid"
+    (tmp_path / "b.pdf").write_bytes(b"%PDF-1.4")
+    restored = run_cli("send", xlsx, "-t", template, "--yes")
+
+    assert restored.exit_code == 3 and "Nothing left to send" in restored.stderr  # the refusal is not tried again
+    assert lines_of(tmp_path, 3) == [(REFUSED, "refused")]
+
+
 def test_a_row_partly_sent_then_edited_is_still_a_list_change(tmp_path: Path, plain_server: SmtpTestServer) -> None:
     template = write_template(tmp_path / "t.txt", "From: club@example.com\nSubject: Hi\nTo: {{ email }}\n"
                                                   "Cc: {{ cc }}\n\nHello\n")
