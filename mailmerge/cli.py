@@ -30,7 +30,7 @@ from .errors import ConfigError, InputError, Interrupted, MailmergeError, exit_c
 from .journal import Journal
 from .merge import Plan
 from .message import OutgoingMessage, preview_text, viewable_html
-from .outcome import Outcome, Status
+from .outcome import REPORTED, Outcome
 from .pacing import parse_duration, parse_rate
 from .report import default_report_path
 from .untrusted import visible
@@ -464,9 +464,8 @@ def status(
                  "entries": ui.run(lambda: rows_json(campaign.outcomes(outbox=outbox)))})
         return
     ui.say(f"campaign {campaign.name}: {len(campaign.plan.recipients)} rows")
-    for state in Status:
-        label = "not sent yet" if state is Status.FAILED else state.value
-        ui.say(f"  {label:<13}{summary.counts[state]:>8,}")
+    for state in REPORTED:
+        ui.say(f"  {state.label:<13}{summary.counts[state]:>8,}")
 
 
 @app.command()

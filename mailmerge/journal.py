@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError, MailmergeError
 from .marker import SentMarker, check_journal_kept
@@ -48,7 +49,6 @@ from .outcome import Outcome, Status
 
 JOURNAL_FOLDER = ".mailmerge"
 JOURNAL_FILE = "journal.sqlite3"
-IN_FLIGHT = "in_flight"  # internal: the end of DATA may have gone out
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -216,7 +216,7 @@ class Entry:
     row: int
     address: str
     field: str
-    state: str  # a Status value, or IN_FLIGHT
+    state: Status
     code: int | None
     reason: str
     message_id: str
@@ -224,8 +224,16 @@ class Entry:
     row_hash: str
     attempts: int
 
+    @classmethod
+    def read(cls, line: tuple[Any, ...]) -> Entry:
+        """The entry of a line as stored: ``row, address, field, state, ...``.
+        A state word of an earlier version is read as today's (``failed``
+        is ``not_sent_yet``): journals stay readable across versions."""
+        row, address, field, state, *rest = line
+        return cls(row, address, field, Status(state), *rest)
+
     def outcome(self) -> Outcome:
-        return Outcome(self.row, self.field, self.address, Status(self.state), self.code, self.reason, self.message_id)
+        return Outcome(self.row, self.field, self.address, self.state, self.code, self.reason, self.message_id)
 
 
 class Journal:
@@ -323,7 +331,7 @@ class Journal:
                 "FROM deliveries WHERE campaign = ? AND row = ? ORDER BY position, address",
                 (self.campaign, row),
             )
-            return [Entry(*r) for r in cursor]
+            return [Entry.read(r) for r in cursor]
         except sqlite3.Error as error:
             raise _failure(self.path, error, "read") from error
 
@@ -339,7 +347,7 @@ class Journal:
             )
             for row, lines in itertools.groupby(cursor, key=lambda line: line[0]):
                 ordered = sorted(lines, key=lambda line: (line[-1], line[1]))  # position, address
-                yield row, [Entry(*line[:-1]) for line in ordered]
+                yield row, [Entry.read(line[:-1]) for line in ordered]
         except sqlite3.Error as error:
             raise _failure(self.path, error, "read") from error
 
@@ -384,7 +392,7 @@ class Journal:
                     "confirmed it: it may have been delivered",
                     time.time(),
                     self.campaign,
-                    IN_FLIGHT,
+                    Status.IN_FLIGHT.value,
                 ),
             )
         return cursor.rowcount
@@ -397,7 +405,7 @@ class Journal:
         real send is first recorded in the marker beside the list."""
         if self.marker is not None:
             self.marker.record(self.campaign, self.path)
-        self._commit(self._rows(outcomes, IN_FLIGHT, date=date, fingerprint=fingerprint, attempt=1, order=order))
+        self._commit(self._rows(outcomes, Status.IN_FLIGHT, date=date, fingerprint=fingerprint, attempt=1, order=order))
 
     def record(
         self, outcomes: Iterable[Outcome], *, date: str = "", fingerprint: str = "",
@@ -417,19 +425,30 @@ class Journal:
         else:
             self._commit(rows)
 
+    def forget(self, row: int, addresses: Iterable[str]) -> None:
+        """Remove lines of ``row`` that a new attempt replaces: an address no
+        longer in the row, a row invalid before and now fixed. Only lines of
+        messages that reached no one are given here: losing them to a crash
+        loses nothing (the row is tried again)."""
+        with self._transaction():
+            self._db.executemany(
+                "DELETE FROM deliveries WHERE campaign = ? AND row = ? AND address = ?",
+                [(self.campaign, row, address) for address in addresses],
+            )
+
     def flush(self) -> None:
         """Write the results kept for the next commit, if any."""
         if self._pending:
             self._commit([])
 
     def _rows(
-        self, outcomes: Iterable[Outcome], state: str | None, *, date: str, fingerprint: str,
+        self, outcomes: Iterable[Outcome], state: Status | None, *, date: str, fingerprint: str,
         attempt: int, order: dict[str, int] | None,
     ) -> list[tuple[object, ...]]:
         now = time.time()
         return [
             (
-                self.campaign, o.row, o.address, o.field, state or o.status.value, o.code,
+                self.campaign, o.row, o.address, o.field, (state or o.status).value, o.code,
                 o.reason, o.message_id, date, fingerprint, attempt,
                 (order or {}).get(o.address, index), now,
             )
@@ -503,7 +522,7 @@ class Journal:
             "SELECT row, address, field, state, code, reason, message_id, date, row_hash, attempts "
             f"FROM deliveries WHERE {where}", params,
         )
-        entries = [Entry(*r) for r in cursor]
+        entries = [Entry.read(r) for r in cursor]
         with self._transaction():
             for e in entries:
                 self._db.execute(

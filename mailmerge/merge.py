@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .config import RecipientLimit, SendConfig, SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
-from .journal import IN_FLIGHT, Entry, Journal, ListChanged, row_hash
+from .journal import Entry, Journal, ListChanged, row_hash
 from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_address, check_addresses
 from .outbox import Outbox, OutboxWriter
 from .outcome import Outcome, Status
@@ -31,9 +31,6 @@ from .transport import Job, SmtpClient, SmtpSession
 
 if TYPE_CHECKING:  # types only: the reader (and pandas) is loaded when a list is read
     from .recipients import Recipient, RecipientList
-
-# States after which an address is not sent again by a later run.
-DONE = {Status.SENT.value, Status.REFUSED.value, Status.UNKNOWN.value, Status.BOUNCED.value}
 
 
 def render_row(template: MailTemplate, recipient: Recipient) -> OutgoingMessage | list[Outcome]:
@@ -129,23 +126,45 @@ def _envelope(plan: Plan, recipient: Recipient) -> list[EnvelopeRecipient]:
         return []  # rows invalid now are in plan.invalid
 
 
-def _done_states(resend_unknown: bool) -> set[str]:
-    return DONE - ({Status.UNKNOWN.value} if resend_unknown else set())
+def _settled(entry: Entry, resend_unknown: bool) -> bool:
+    """A later run does not send this address again."""
+    return not entry.state.sends_again and not (resend_unknown and entry.state is Status.UNKNOWN)
 
 
-def _row_is_done(journaled: list[Entry], resend_unknown: bool) -> bool:
-    """Every address the row was sent to is final. (A row's envelope depends
-    only on the template and the row, both the same within a campaign.)"""
-    return bool(journaled) and all(e.state in _done_states(resend_unknown) for e in journaled)
+def _row_is_done(recipient: Recipient, journaled: list[Entry], resend_unknown: bool) -> bool:
+    """Every address of the row is settled, as far as the journal can tell
+    without rendering the row. A row's envelope depends only on the template
+    (the same within a campaign) and the row, and a row that a message reached
+    does not change (:func:`count_work` stops when it did); a row that reached
+    no one may have been corrected since (a refused address fixed): its lines
+    count only when written for the row as it is now. A row invalid before has
+    an unsettled line: :func:`_left` decides from its envelope."""
+    if not journaled or not all(_settled(e, resend_unknown) for e in journaled):
+        return False
+    if all(e.state.reached for e in journaled):
+        return True
+    fingerprint = row_hash(recipient.values)  # only here: hashing every row costs ~3 s a million rows
+    return all(e.row_hash == fingerprint for e in journaled)
 
 
 def _left(envelope: list[EnvelopeRecipient], journaled: list[Entry], resend_unknown: bool) -> list[EnvelopeRecipient]:
-    finished = {e.address for e in journaled if e.state in _done_states(resend_unknown)}
+    """The addresses of ``envelope`` that are still to be sent."""
+    finished = {e.address for e in journaled if _settled(e, resend_unknown)}
     return [r for r in envelope if r.address not in finished]
 
 
+def _replaced(envelope: list[EnvelopeRecipient], journaled: list[Entry]) -> list[str]:
+    """The lines a new attempt of the row replaces: addresses no longer in it
+    that no message reached (the latest attempt of a row is what the report says)."""
+    current = {r.address for r in envelope}
+    return [e.address for e in journaled if e.address not in current and not e.state.reached]
+
+
 def _check_unchanged(plan: Plan, recipient: Recipient, journaled: list[Entry]) -> None:
-    fingerprints = {e.row_hash for e in journaled if e.state in DONE and e.row_hash}
+    """Stop when a row that a message may have reached holds other values now.
+    A row that reached no one (every address refused or invalid) may be
+    corrected: that is the fix for a refusal, not a list change."""
+    fingerprints = {e.row_hash for e in journaled if e.state.reached and e.row_hash}
     if fingerprints and fingerprints != {row_hash(recipient.values)}:
         raise ListChanged(
             f"{plan.recipients.path}: row {recipient.row} changed since it was sent "
@@ -182,7 +201,7 @@ class Work:
     """What a run of ``send`` has to do, counted in rows (messages)."""
 
     rows: int  # rows in the list
-    done: int  # rows whose every address is already sent or refused (or unknown)
+    done: int  # rows whose every address is settled: sent, refused, unknown, bounced
     to_send: int  # rows with at least one address left to send
     unknown: int  # rows with an address in state unknown
     invalid: int
@@ -196,8 +215,12 @@ def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False
         if recipient.row in plan.invalid:
             continue
         _check_unchanged(plan, recipient, journaled)
-        unknown += any(e.state == Status.UNKNOWN.value for e in journaled)
-        if _row_is_done(journaled, resend_unknown):
+        unknown += any(e.state is Status.UNKNOWN for e in journaled)
+        if not journaled:  # the common case: no rendering
+            to_send += 1
+        elif _row_is_done(recipient, journaled, resend_unknown) or not _left(
+            _envelope(plan, recipient), journaled, resend_unknown
+        ):
             done += 1
         else:
             to_send += 1
@@ -252,26 +275,35 @@ class _Run:
         self._paused_at = 0
 
     def start(self, resend_unknown: bool) -> None:
-        self.journal.record(self._new_invalid())
+        for row, outcomes in self.plan.invalid.items():
+            self._record_invalid(outcomes, self.journal.row_entries(row))
         self._rows = self._row_jobs(resend_unknown)
 
-    def _new_invalid(self) -> Iterator[Outcome]:
-        """The invalid rows' outcomes, but for the addresses the journal has as
-        sent (or refused, unknown): a row can turn invalid after it went (a
-        lower recipient limit, an attachment deleted since), and writing
-        'invalid' over 'sent' would let a later run send it again."""
-        for row, outcomes in self.plan.invalid.items():
-            finished = {e.address for e in self.journal.row_entries(row) if e.state in DONE}
-            yield from (o for o in outcomes if o.address not in finished)
+    def _record_invalid(self, outcomes: list[Outcome], journaled: list[Entry]) -> None:
+        """Journal an invalid row as its latest attempt, unless an address of it
+        is settled (sent, refused, unknown, bounced): a row can turn invalid
+        after it went (a lower recipient limit, an attachment deleted since),
+        and 'invalid' over those lines would let a later run send them again.
+        Such a row is reported invalid from the plan while it is invalid."""
+        if any(not e.state.sends_again for e in journaled):
+            return
+        current = {o.address for o in outcomes}
+        replaced = [e.address for e in journaled if e.address not in current]
+        if replaced:
+            self.journal.forget(outcomes[0].row, replaced)
+        self.journal.record(outcomes)
 
     def _row_jobs(self, resend_unknown: bool) -> Iterator[Job]:
         """A job for each row with something left to send, built when asked for."""
         for recipient, journaled in _journaled_rows(self.plan, self.journal):
-            if recipient.row in self.plan.invalid or _row_is_done(journaled, resend_unknown):
+            if recipient.row in self.plan.invalid or _row_is_done(recipient, journaled, resend_unknown):
                 continue
             draft = self.plan.template.render(recipient)
             addresses = check_addresses(draft)
             targets = _left(addresses.envelope, journaled, resend_unknown)
+            replaced = _replaced(addresses.envelope, journaled)
+            if replaced:  # a row fixed since its last attempt (a refusal, a missing file)
+                self.journal.forget(recipient.row, replaced)
             if not targets:
                 continue
             earlier = next((e for e in journaled if e.message_id), None)  # the identity to keep
@@ -284,7 +316,7 @@ class _Run:
                 )
             except InvalidRow as error:
                 self.plan.invalid[recipient.row] = outcomes = invalid_outcomes(recipient.row, draft, error)
-                self.journal.record(outcomes)
+                self._record_invalid(outcomes, journaled)
                 continue
             yield self._job(recipient, message, targets, attempt=1)
 
@@ -452,18 +484,19 @@ def send_merge(
 
 
 def campaign_outcomes(plan: Plan, journal: JournalView) -> Iterator[Outcome]:
-    """Every address of every row, all runs together, in row order: what the
-    journal knows, the invalid rows, and ``failed`` for what was not sent yet."""
+    """Every address of every row, all runs together, in row order: the latest
+    attempt of each row as the journal has it, the rows invalid now, and
+    ``not_sent_yet`` for what was not sent yet."""
     for recipient, journaled in _read_journaled_rows(plan, journal):
-        if recipient.row in plan.invalid and not any(e.state in DONE for e in journaled):
+        if recipient.row in plan.invalid and not any(e.state.reached for e in journaled):
             yield from plan.invalid[recipient.row]  # (a row sent before it turned invalid: as the journal says)
         elif not journaled:
             for target in _envelope(plan, recipient):
-                yield Outcome(recipient.row, target.field, target.address, Status.FAILED, None,
+                yield Outcome(recipient.row, target.field, target.address, Status.NOT_SENT_YET, None,
                               "not sent yet: run the same command again to send it")
         else:
             for entry in journaled:
-                if entry.state == IN_FLIGHT:  # the run was killed: the next run will say unknown
+                if entry.state is Status.IN_FLIGHT:  # the run was killed: the next run will say unknown
                     yield Outcome(recipient.row, entry.field, entry.address, Status.UNKNOWN, None,
                                   "the run stopped while this message was being sent: it may have been delivered",
                                   entry.message_id)

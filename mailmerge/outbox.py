@@ -47,7 +47,7 @@ class OutboxWriter:
         """Write every job ``next_job`` gives, each message once, in its own file.
 
         Raises :class:`SendError` when a file cannot be written (its row stays
-        ``failed``: the next run writes it).
+        ``not_sent_yet``: the next run writes it).
         """
         folder = self.outbox.folder
         try:
@@ -60,7 +60,7 @@ class OutboxWriter:
             try:
                 path.write_bytes(job.message.as_bytes())
             except OSError as error:
-                job.done(_outcomes(job, Status.FAILED, None, f"not written: {error.strerror or error}"))
+                job.done(_outcomes(job, Status.NOT_SENT_YET, None, f"not written: {error.strerror or error}"))
                 raise SendError(f"cannot write {path}: {error.strerror or error}; "
                                 "free some space, or choose another --outbox folder") from error
             job.done(_outcomes(job, Status.SENT, 250, f"written to {path.name}"))

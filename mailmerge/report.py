@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .outcome import Outcome, Status, row_status
+from .outcome import REPORTED, Outcome, Status, row_status
 from .untrusted import spreadsheet_safe, visible
 
 COLUMNS = ("row", "address", "field", "status", "code", "reason", "message_id")
@@ -71,11 +71,12 @@ class Summary:
 
     @property
     def all_sent(self) -> bool:
-        return sum(self.counts.values()) == self.counts[Status.SENT]
+        """Every row is in a state that counts as done (exit code 0)."""
+        return all(status.done for status, count in self.counts.items() if count)
 
     def line(self) -> str:
-        """``sent N, refused M, invalid K``, then the other states that occur."""
+        """``sent N, refused M, invalid K``, then the other states that occur,
+        in words for people (``not sent yet 3``)."""
         always = (Status.SENT, Status.REFUSED, Status.INVALID)
-        parts = [f"{status.value} {self.counts[status]}" for status in always]
-        parts += [f"{s.value} {self.counts[s]}" for s in Status if s not in always and self.counts[s]]
-        return ", ".join(parts)
+        shown = [*always, *(s for s in REPORTED if s not in always and self.counts[s])]
+        return ", ".join(f"{status.label} {self.counts[status]}" for status in shown)

@@ -291,7 +291,7 @@ class SmtpSession:
         Raises :class:`ConnectionLost` when the connection drops, the server
         closes it (421) or asks to slow down (a 4xx to MAIL FROM). Its outcomes
         keep every reply that came (a 550 stays ``refused``); the other
-        addresses are ``failed`` (surely not delivered: send it again) or
+        addresses are ``not_sent_yet`` (surely not delivered: send it again) or
         ``unknown`` (the end of DATA went out, no reply came).
         """
         if self._smtp is None:
@@ -303,7 +303,7 @@ class SmtpSession:
             self.stream(lambda wait: next(jobs, None))
         except _Interrupted as interrupted:
             reason = f"not sent: {interrupted.error}"
-            outcomes += [_outcome(message, t, Status.FAILED, None, reason) for job in interrupted.retry for t in job.targets]
+            outcomes += [_outcome(message, t, Status.NOT_SENT_YET, None, reason) for job in interrupted.retry for t in job.targets]
             order = {t.address: i for i, t in enumerate(targets)}
             outcomes.sort(key=lambda outcome: order[outcome.address])
             raise ConnectionLost(str(interrupted.error), outcomes) from interrupted
@@ -558,7 +558,7 @@ def _settled(
 ) -> list[Outcome]:
     """Every target's outcome: its own RCPT answer, or the message's answer
     (``status``, else the one ``code`` means)."""
-    final = status or (status_of(code) if code is not None else Status.FAILED)
+    final = status or (status_of(code) if code is not None else Status.NOT_SENT_YET)
     return [replied.get(t.address) or _outcome(message, t, final, code, reply) for t in targets]
 
 
@@ -624,7 +624,7 @@ class SmtpClient:
         reconnecting as needed and sending again what was surely not delivered.
 
         Raises :class:`ConnectionLost` when the server stays unreachable after
-        the last attempt (the jobs not sent are settled ``failed`` first).
+        the last attempt (the jobs not sent are settled ``not_sent_yet`` first).
         """
         again: collections.deque[Job] = collections.deque()
 

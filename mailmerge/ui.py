@@ -28,7 +28,7 @@ from rich.table import Table
 
 from .errors import MailmergeError
 from .message import OutgoingMessage, structure
-from .outcome import Outcome, Status, row_status
+from .outcome import REPORTED, Outcome, Status, row_status
 from .report import Summary
 from .untrusted import visible
 
@@ -143,7 +143,7 @@ class SendProgress:
 def _outcome_line(o: Outcome) -> str:
     code = f"{o.code} " if o.code else ""
     detail = f": {code}{o.reason}" if o.status is not Status.SENT else ""
-    return visible(f"row {o.row}: {o.status.value} {o.address}{detail}")
+    return visible(f"row {o.row}: {o.status.label} {o.address}{detail}")
 
 
 def summary_table(summary: Summary, seconds: float, messages: int, report: Path) -> Table:
@@ -151,9 +151,9 @@ def summary_table(summary: Summary, seconds: float, messages: int, report: Path)
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    for state in (Status.SENT, Status.REFUSED, Status.INVALID, Status.DEFERRED, Status.UNKNOWN, Status.FAILED):
-        label = "not sent yet" if state is Status.FAILED else state.value
-        table.add_row(label, f"{summary.counts[state]:,}")
+    for state in REPORTED:
+        if state is not Status.BOUNCED or summary.counts[state]:  # bounces come later, from the inbox
+            table.add_row(state.label, f"{summary.counts[state]:,}")
     table.add_row("time", f"{seconds:.1f} s")
     table.add_row("messages/s", f"{messages / seconds:.1f}" if seconds > 0 else "-")
     table.add_row("report", visible(str(report)))
@@ -164,7 +164,8 @@ def summary_table(summary: Summary, seconds: float, messages: int, report: Path)
 
 
 def counts_json(summary: Summary) -> dict[str, int]:
-    return {state.value: summary.counts[state] for state in Status}
+    """Rows per state, every state a report can show: ``{"sent": 3, "not_sent_yet": 1, ...}``."""
+    return {state.value: summary.counts[state] for state in REPORTED}
 
 
 def rows_json(outcomes: Iterable[Outcome]) -> list[dict[str, Any]]:

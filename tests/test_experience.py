@@ -51,7 +51,7 @@ def test_preview_check_and_status_json(tmp_path: Path, plain_server: SmtpTestSer
     assert preview["rows"][2] == {"row": 4, "valid": False,
                                   "reason": preview["rows"][2]["reason"]} and "not an address" in preview["rows"][2]["reason"]
     assert check["invalid"][0]["row"] == 4 and check["smtp"]["steps"][-1] == "QUIT"
-    assert before["counts"]["failed"] == 3 and after["counts"]["sent"] == 3  # "failed" here: not sent yet
+    assert before["counts"]["not_sent_yet"] == 3 and after["counts"]["sent"] == 3
 
 
 def test_a_json_error_is_json_too(tmp_path: Path) -> None:
