@@ -30,11 +30,9 @@ The password is never written here.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
-import os
 import re
 import sqlite3
 import time
@@ -44,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, MailmergeError
+from .lock import CampaignLock
+from .lock import CampaignLocked as CampaignLocked  # raised by Journal.lock; long imported from here
 from .marker import SentMarker, check_journal_kept
 from .outcome import Outcome, Status
 
@@ -81,10 +81,6 @@ CREATE TABLE IF NOT EXISTS campaigns (
     created  REAL NOT NULL
 );
 """
-
-
-class CampaignLocked(MailmergeError):
-    """Another run of the same campaign holds the lock (exit 1)."""
 
 
 class JournalError(MailmergeError):
@@ -250,7 +246,7 @@ class Journal:
         self.marker = marker
         self._pending: list[tuple[object, ...]] = []  # results written with the next commit
         self.path = folder / JOURNAL_FILE
-        self._lock_file: int | None = None
+        self._lock = CampaignLock(folder / lock_name(campaign))
         # What was there before this opened it (the file is made when missing).
         self.found = "missing" if not self.path.exists() else "empty" if self.path.stat().st_size == 0 else "kept"
         try:
@@ -288,32 +284,23 @@ class Journal:
     # --- the lock --------------------------------------------------------------
 
     def lock(self) -> None:
-        """Take the campaign's lock (released by the kernel if the process dies)."""
-        handle = os.open(self.folder / lock_name(self.campaign), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(handle, 32).decode(errors="replace").strip() or "another process"
-            os.close(handle)
-            raise CampaignLocked(
-                f"this campaign is being sent by another run (pid {holder}); "
-                "wait for it to finish, or stop it first"
-            ) from None
-        os.ftruncate(handle, 0)
-        os.write(handle, str(os.getpid()).encode())
-        self._lock_file = handle
+        """Take the campaign's lock, or raise :class:`CampaignLocked` at once when
+        another run has it (see :mod:`mailmerge.lock`: the operating system
+        releases it if the process dies)."""
+        self._lock.acquire()
 
     def close(self) -> None:
+        """Write what is pending, close the file, then release the lock."""
         try:
             self.flush()
         finally:
             self._close()
 
     def _close(self) -> None:
-        if self._lock_file is not None:
-            os.close(self._lock_file)  # releases the lock
-            self._lock_file = None
-        self._db.close()
+        try:
+            self._db.close()
+        finally:
+            self._lock.release()  # last: the next run may start once the journal is closed
 
     def __enter__(self) -> Journal:
         return self

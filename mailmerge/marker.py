@@ -87,7 +87,9 @@ class SentMarker:
             "journal": str(journal.resolve()),
         }, ensure_ascii=False) + "\n"
         try:
-            handle = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # O_BINARY (Windows only): no "\n" -> "\r\n" on the way to the disk.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+            handle = os.open(self.path, flags, 0o644)
             try:
                 if os.fstat(handle).st_size == 0:
                     line = _HEADER.format(list=self.list_path.name) + line

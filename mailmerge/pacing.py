@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from .errors import ConfigError
 
@@ -42,9 +43,19 @@ def parse_rate(text: str) -> float:
     return _UNITS[match.group(2)] / float(match.group(1))
 
 
+# The signals that ask a run to stop, where they exist: SIGTERM cannot come from
+# outside on Windows (it exists there, but only Ctrl-C and Ctrl-Break arrive).
+_STOP_SIGNALS = {
+    "SIGINT": "interrupted (Ctrl-C)",
+    "SIGBREAK": "interrupted (Ctrl-Break)",  # Windows only
+    "SIGTERM": "stopped (SIGTERM)",
+}
+
+
 class StopSignal:
-    """Set by the first Ctrl-C (SIGINT) or SIGTERM: finish the message in
-    flight, then stop. A second Ctrl-C raises KeyboardInterrupt at once."""
+    """Set by the first Ctrl-C (SIGINT), SIGTERM or Ctrl-Break (Windows):
+    finish the message in flight, then stop. A second one raises
+    KeyboardInterrupt at once."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -69,22 +80,36 @@ class StopSignal:
 
     @contextmanager
     def installed(self) -> Iterator[StopSignal]:
-        """Handle SIGINT and SIGTERM while the block runs (main thread only)."""
+        """Handle the stop signals this platform has while the block runs, then
+        put the previous handlers back (main thread only: Python allows no other)."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
+        reasons = {number: _STOP_SIGNALS[name] for name, number in stop_signals().items()}
 
         def handle(number: int, frame: FrameType | None) -> None:
             if self.requested:
                 raise KeyboardInterrupt
-            self.request("interrupted (Ctrl-C)" if number == signal.SIGINT else "stopped (SIGTERM)", interrupted=True)
+            self.request(reasons.get(number, "stopped"), interrupted=True)
 
-        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous: dict[int, Any] = {}
         try:
+            for number in reasons:
+                try:
+                    previous[number] = signal.signal(number, handle)
+                except (OSError, ValueError):  # one this platform cannot handle
+                    continue
             yield self
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for number, handler in previous.items():
+                # None: a handler set outside Python, which Python cannot put back.
+                signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
+def stop_signals() -> dict[str, int]:
+    """The stop signals (name: number) that exist on this platform."""
+    numbers = {name: getattr(signal, name, None) for name in _STOP_SIGNALS}
+    return {name: number for name, number in numbers.items() if number is not None}
 
 
 @dataclass
