@@ -27,6 +27,7 @@ from .message import EnvelopeRecipient, OutgoingMessage
 from .outcome import Outcome, Status
 from .pacing import Backoff, StopSignal
 from .providers import login_hint
+from .smtplib_internals import LoggedSMTP, LoggedSMTP_SSL, connect, socket_of
 
 # Tried in this order; only ONE is attempted (smtplib's login() tries them all,
 # which counts double against an account's lockout).
@@ -45,58 +46,6 @@ def _xoauth2(username: str, token: str) -> Callable[[bytes | None], str]:
         return f"user={username}\x01auth=Bearer {token}\x01\x01" if challenge is None else ""
 
     return respond
-
-
-class _Conversation:
-    """Mixin for smtplib's classes: tell ``log`` every command and reply, with
-    the secrets of an AUTH exchange masked (smtplib's own debug output shows
-    them, base64-encoded) and a message's content summed up in one line."""
-
-    log: Callable[[str], None] | None = None
-    _in_auth = False
-
-    def send(self, s: bytes | str) -> None:
-        if self.log is not None:
-            text = s.decode("utf-8", "replace") if isinstance(s, bytes) else s
-            if text.upper().startswith("AUTH "):
-                self._in_auth = True
-                self.log("C: " + " ".join(text.split()[:2]) + " ********")
-            elif self._in_auth:
-                self.log("C: ********")
-            elif text.count("\n") > 1 or len(text) > 1000:
-                self.log(f"C: (the message, {len(s)} bytes)")
-            else:
-                self.log("C: " + text.rstrip("\r\n"))
-        super().send(s)  # type: ignore[misc]
-
-    def send_group(self, payload: bytes, described: list[str]) -> None:
-        """Send several commands (and a message) in one write: pipelining."""
-        if self.log is not None:
-            for line in described:
-                self.log("C: " + line)
-        log, self.log = self.log, None
-        try:
-            self.send(payload)
-        finally:
-            self.log = log
-
-    def getreply(self) -> tuple[int, bytes]:
-        code, reply = super().getreply()  # type: ignore[misc]
-        if code != 334:
-            self._in_auth = False
-        if self.log is not None:
-            lines = _text(reply).splitlines() or [""]
-            for line in lines:
-                self.log(f"S: {code} {line if code != 334 else '********'}")
-        return code, reply
-
-
-class _SMTP(_Conversation, smtplib.SMTP):
-    pass
-
-
-class _SMTPSSL(_Conversation, smtplib.SMTP_SSL):
-    pass
 
 
 class SmtpSession:
@@ -122,7 +71,7 @@ class SmtpSession:
         self._secret = secret
         self._log = log
         self._step = step
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: LoggedSMTP | None = None
         # A MAIL FROM was refused for now (a sender rate limit): from then on,
         # for the rest of the run, each MAIL waits for its reply before RCPTs follow.
         self.cautious = False
@@ -139,22 +88,18 @@ class SmtpSession:
         )
         where = f"{config.host}:{config.port}"
         try:
-            smtp: smtplib.SMTP
+            smtp: LoggedSMTP
             if config.security == "ssl":
-                smtp = _SMTPSSL(timeout=config.timeout, context=context)
+                smtp = LoggedSMTP_SSL(timeout=config.timeout, context=context)
             else:
-                smtp = _SMTP(timeout=config.timeout)
-            smtp.log = self._log  # type: ignore[attr-defined]
+                smtp = LoggedSMTP(timeout=config.timeout)
+            smtp.log = self._log
             self._smtp = smtp
-            # Created without a host so the greeting is logged too; smtplib takes
-            # the TLS server name (checked against the certificate) from _host.
-            smtp._host = config.host  # type: ignore[attr-defined]
-            greeting = smtp.connect(config.host, config.port)
+            greeting = connect(smtp, config.host, config.port)
             # The end of DATA goes out as its own small write (after the journal's
             # in-flight mark): without this, Nagle's algorithm holds it back until
             # the previous write is acknowledged, 40 ms later.
-            assert smtp.sock is not None
-            smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socket_of(smtp).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._check_greeting(*greeting)
             self._step(f"connected to {where}")
             smtp.ehlo()
@@ -168,7 +113,8 @@ class SmtpSession:
                 smtp.starttls(context=context)
                 smtp.ehlo()
             if config.security != "none":
-                version = smtp.sock.version() if isinstance(smtp.sock, ssl.SSLSocket) else "?"
+                tls = socket_of(smtp)
+                version = tls.version() if isinstance(tls, ssl.SSLSocket) else "?"
                 self._step(f"{version}, certificate verified for {config.host}")
             if config.username:
                 self._login(smtp)
@@ -489,7 +435,7 @@ class _Wire:
     are held until a reply is needed (so that pipelined ones go in one
     write), and each reply goes to the transaction whose command it answers."""
 
-    def __init__(self, smtp: smtplib.SMTP) -> None:
+    def __init__(self, smtp: LoggedSMTP) -> None:
         self.smtp = smtp
         self.held = bytearray()
         self.described: list[str] = []  # the held commands, for the --verbose log
@@ -511,7 +457,7 @@ class _Wire:
         if self.held:
             held, described = bytes(self.held), self.described
             self.held, self.described = bytearray(), []
-            self.smtp.send_group(held, described)  # type: ignore[attr-defined]
+            self.smtp.send_group(held, described)
 
     def read_through(self, tx: _Transaction, step: _Step | None = None) -> None:
         """Send what is held, then read every reply up to the one to ``step``
