@@ -5,9 +5,10 @@ the work the public API repeats for every row: the header registry parses
 every value it is given and refolds it when the message is written out, and
 ``set_content`` parses back the headers it has just written. Here, the
 headers mailmerge has already encoded and folded itself go into the message
-as they are. That makes a message about twice as fast to build and to write
-out (``build_message`` plus ``as_bytes``, measured on a Korean text message:
-51 µs against 122 µs through the public API, Python 3.12).
+as they are. A Korean text message takes 48 µs to build and write out
+(``build_message`` and ``as_bytes``) against 790 µs through the public API
+(``msg[name] = value``, ``set_content``, ``as_bytes``); an ASCII one 23 µs
+against 545 µs (Python 3.11.7).
 
 What it relies on, beyond the documented API:
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from email import policy
 from email.header import Header
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.utils import formataddr, formatdate, make_msgid, quote
 from pathlib import Path
 
@@ -381,23 +381,25 @@ def _boundaries(message_id: str, texts: list[str]) -> Iterator[str]:
             yield boundary
 
 
-def _multipart(mail_policy: policy.Policy, subtype: str, boundary: str, parts: list[EmailMessage]) -> EmailMessage:
+def _multipart(mail_policy: policy.Policy, subtype: str, boundary: str, parts: list[MIMEPart]) -> MIMEPart:
     """A multipart/``subtype`` part holding ``parts``, with its boundary set
     (the email package would draw a random one when writing it out)."""
-    container = EmailMessage(policy=mail_policy)
+    # A MIMEPart, not an EmailMessage: the parts add_related() and add_attachment()
+    # make are then of its type too, without a MIME-Version header of their own.
+    container = MIMEPart(policy=mail_policy)
     value = f'multipart/{subtype}; boundary="{boundary}"'
     add_header_as_is(container, "Content-Type", WrittenHeader("Content-Type", value))
     container.set_payload(list(parts))
     return container
 
 
-def _text_part(mail_policy: policy.Policy, text: str, subtype: str) -> EmailMessage:
-    part = EmailMessage(policy=mail_policy)
+def _text_part(mail_policy: policy.Policy, text: str, subtype: str) -> MIMEPart:
+    part = MIMEPart(policy=mail_policy)
     _set_text(part, text, subtype)
     return part
 
 
-def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
+def _set_text(part: MIMEPart, text: str, subtype: str) -> None:
     """Make ``part`` a UTF-8 text part, always 7-bit.
 
     What ``set_content`` does, at a tenth of its cost (it parses the headers it
@@ -452,7 +454,7 @@ def preview_text(outgoing: OutgoingMessage) -> str:
     return "\n".join(lines) + "\n\n" + (str(text.get_content()) if text is not None else "")
 
 
-def structure(part: EmailMessage, depth: int = 1) -> list[str]:
+def structure(part: MIMEPart, depth: int = 1) -> list[str]:
     """One line per MIME part, indented by depth: type, file name, size."""
     line = "  " * depth + part.get_content_type()
     if part.is_multipart():
