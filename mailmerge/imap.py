@@ -288,6 +288,16 @@ class _IMAP4_SSL(_Conversation, imaplib.IMAP4_SSL):
     pass
 
 
+def _list_special_use(imap: imaplib.IMAP4) -> tuple[str, list[Any]]:
+    """LIST (SPECIAL-USE) "" "*" through imaplib's public API: the command
+    (``xatom``), then the untagged LIST lines it brought (``response``)."""
+    typ, data = imap.xatom("LIST", "(SPECIAL-USE)", '""', '"*"')
+    if typ != "OK":
+        return typ, data
+    _, lines = imap.response("LIST")
+    return typ, [line for line in lines if line is not None]
+
+
 def _too_big(where: str, what: str, error: _ReplyTooBig) -> ImapError:
     """The error for a server that sent more than MAX_REPLY_BYTES."""
     limit = MAX_REPLY_BYTES >> 20
@@ -508,8 +518,7 @@ class ImapSession:
         """Every mailbox (LIST "" "*"), or only those with a special use
         (LIST (SPECIAL-USE) "" "*", RFC 6154)."""
         if special_use:  # imaplib's list() cannot send selection options
-            data = self._command("list the special folders", lambda imap: imap._untagged_response(
-                *imap._simple_command("LIST", "(SPECIAL-USE)", '""', '"*"'), "LIST"))
+            data = self._command("list the special folders", _list_special_use)
         else:
             data = self._command("list the folders", lambda imap: imap.list('""', '"*"'))
         return parse_list_reply(data)

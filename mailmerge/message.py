@@ -21,10 +21,10 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email import headerregistry, policy
+from email import policy
 from email.header import Header
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.utils import formataddr, formatdate, make_msgid, quote
 from pathlib import Path
 
@@ -32,22 +32,13 @@ from email_validator import EmailNotValidError, validate_email
 
 from .config import RecipientLimit
 from .content import replace_image_sources
+from .email_internals import CachingHeaderRegistry, WrittenHeader, add_header_as_is, copy_headers
 from .errors import InvalidRow
 from .listheaders import URI_HEADERS, fold, is_no_post, parse_list_id, split_uris, to_uri, uri_words
 from .template import Draft, Mailbox
 
 
-class _HeaderRegistry(headerregistry.HeaderRegistry):
-    """The standard registry, but making each header class once: the stock one
-    builds a new class for every header of every message (a third of the time
-    it takes to build a message)."""
-
-    @functools.lru_cache(maxsize=None)  # noqa: B019 (one registry for the process)
-    def __getitem__(self, name: str) -> type[headerregistry.BaseHeader]:
-        return super().__getitem__(name)
-
-
-_REGISTRY = _HeaderRegistry()
+_REGISTRY = CachingHeaderRegistry()
 _SMTP = policy.SMTP.clone(header_factory=_REGISTRY)
 _SMTPUTF8 = policy.SMTPUTF8.clone(header_factory=_REGISTRY)
 _SEVEN_BIT = _SMTP.clone(cte_type="7bit")
@@ -224,22 +215,22 @@ def build_message(
             for name, value in draft.other_headers:
                 folded = _list_header(name, value)
                 if folded is not None:
-                    _add_encoded(message, name, folded)
+                    add_header_as_is(message, name, folded)
                 else:
                     message[name] = value
         else:
-            _add_encoded(message, "From", _addresses([sender]))
+            add_header_as_is(message, "From", _addresses([sender]))
             for name, boxes in headers.items():
                 if boxes:
-                    _add_encoded(message, name, _addresses(boxes))
-            _add_encoded(message, "Subject", _text_value("Subject", draft.subject))
+                    add_header_as_is(message, name, _addresses(boxes))
+            add_header_as_is(message, "Subject", _text_value("Subject", draft.subject))
             for name, value in draft.other_headers:
-                _add_encoded(message, name, _list_header(name, value) or _text_value(name, value))
+                add_header_as_is(message, name, _list_header(name, value) or _text_value(name, value))
         date = date or _now()
         message_id = message_id or make_msgid(domain=domain)
-        _add_encoded(message, "Date", date)
-        _add_encoded(message, "Message-ID", message_id)
-        _add_encoded(message, "MIME-Version", "1.0")
+        add_header_as_is(message, "Date", date)
+        add_header_as_is(message, "Message-ID", message_id)
+        add_header_as_is(message, "MIME-Version", "1.0")
         _set_body(message, draft, message_id)
     except (ValueError, TypeError) as error:
         raise InvalidRow(f"cannot build the message: {error}") from error
@@ -267,14 +258,8 @@ def _date_of_second(second: int) -> str:  # the same text for every message of t
     return formatdate(second, localtime=True)
 
 
-# The header registry parses every value it is given and refolds it on output:
-# half the time it takes to build a message. Headers made here are already
-# RFC 2047-encoded and folded by the email package's own helpers (formataddr,
-# Header), so they go in as they are; reading them back (msg["To"]) parses them.
-
-
-def _add_encoded(message: EmailMessage, name: str, value: str) -> None:
-    message._headers.append((name, value))  # type: ignore[attr-defined]
+# Header values made here are already RFC 2047-encoded by the email package's
+# own helpers (formataddr, Header): they go in as they are (see email_internals).
 
 
 def _addresses(boxes: list[_Checked]) -> str:
@@ -292,24 +277,23 @@ def _text_value(name: str, value: str) -> str:
     return value if value.isascii() else Header(value, "utf-8", header_name=name).encode()
 
 
-class _Folded(str):
+class _Folded(WrittenHeader):
     """A header mailmerge folds itself, between the words it is given: a URI
     list (RFC 2369) or a List-Id (RFC 2919). The email package would refold a
     long one into RFC 2047 encoded-words, in which no client finds a URI.
     The string is the header's value as a person reads it."""
 
-    name: str
     words: tuple[str, ...]
 
     def __new__(cls, name: str, value: str, words: tuple[str, ...]) -> _Folded:
-        folded = super().__new__(cls, value)
-        folded.name, folded.words = name, words  # name: the attribute the email package looks for
+        folded = super().__new__(cls, name, value)
+        folded.words = words
         return folded
 
-    def fold(self, *, policy: policy.Policy) -> str:
-        return fold(self.name, self.words, policy.linesep, policy.max_line_length or 78)
+    def lines(self, linesep: str, width: int) -> str:
+        return fold(self.name, self.words, linesep, width)
 
-    def __reduce__(self) -> tuple[type[_Folded], tuple[str, str, tuple[str, ...]]]:  # for copy.deepcopy
+    def __reduce__(self) -> tuple[type[_Folded], tuple[str, str, tuple[str, ...]]]:  # type: ignore[override]
         return _Folded, (self.name, str(self), self.words)
 
 
@@ -380,7 +364,7 @@ def _set_body(message: EmailMessage, draft: Draft, message_id: str) -> None:
         for path in attachments:
             maintype, subtype = _mime_type(path)
             body.add_attachment(path.read_bytes(), maintype, subtype, filename=path.name)
-    message._headers += body._headers  # type: ignore[attr-defined]
+    copy_headers(message, body)
     message.set_payload(body.get_payload())
 
 
@@ -397,23 +381,25 @@ def _boundaries(message_id: str, texts: list[str]) -> Iterator[str]:
             yield boundary
 
 
-def _multipart(mail_policy: policy.Policy, subtype: str, boundary: str, parts: list[EmailMessage]) -> EmailMessage:
+def _multipart(mail_policy: policy.Policy, subtype: str, boundary: str, parts: list[MIMEPart]) -> MIMEPart:
     """A multipart/``subtype`` part holding ``parts``, with its boundary set
     (the email package would draw a random one when writing it out)."""
-    container = EmailMessage(policy=mail_policy)
+    # A MIMEPart, not an EmailMessage: the parts add_related() and add_attachment()
+    # make are then of its type too, without a MIME-Version header of their own.
+    container = MIMEPart(policy=mail_policy)
     value = f'multipart/{subtype}; boundary="{boundary}"'
-    container._headers.append(("Content-Type", _Written("Content-Type", value)))  # type: ignore[attr-defined]
+    add_header_as_is(container, "Content-Type", WrittenHeader("Content-Type", value))
     container.set_payload(list(parts))
     return container
 
 
-def _text_part(mail_policy: policy.Policy, text: str, subtype: str) -> EmailMessage:
-    part = EmailMessage(policy=mail_policy)
+def _text_part(mail_policy: policy.Policy, text: str, subtype: str) -> MIMEPart:
+    part = MIMEPart(policy=mail_policy)
     _set_text(part, text, subtype)
     return part
 
 
-def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
+def _set_text(part: MIMEPart, text: str, subtype: str) -> None:
     """Make ``part`` a UTF-8 text part, always 7-bit.
 
     What ``set_content`` does, at a tenth of its cost (it parses the headers it
@@ -433,35 +419,16 @@ def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
             encoding, payload = "quoted-printable", quoted.decode("ascii")
         else:
             encoding, payload = "base64", base64.encodebytes(data).decode("ascii")
-    part._headers += [_content_header("Content-Type", f'text/{subtype}; charset="utf-8"'),  # type: ignore[attr-defined]
-                      _content_header("Content-Transfer-Encoding", encoding)]
+    add_header_as_is(part, "Content-Type", _content_header("Content-Type", f'text/{subtype}; charset="utf-8"'))
+    add_header_as_is(part, "Content-Transfer-Encoding", _content_header("Content-Transfer-Encoding", encoding))
     part.set_payload(payload)
 
 
-class _Written(str):
-    """A constant ASCII header value, written out as it is. The generator reads
-    a part's Content-Type back, which parses a plain string into a header
-    object each time, and refolds a header object on output: this one is
-    neither parsed nor refolded."""
-
-    name: str
-
-    def __new__(cls, name: str, value: str) -> _Written:
-        written = super().__new__(cls, value)
-        written.name = name  # the attribute the email package looks for
-        return written
-
-    def fold(self, *, policy: policy.Policy) -> str:
-        return f"{self.name}: {self}{policy.linesep}"
-
-    def __reduce__(self) -> tuple[type[_Written], tuple[str, str]]:  # for copy.deepcopy
-        return _Written, (self.name, str(self))
-
-
 @functools.lru_cache(maxsize=32)
-def _content_header(name: str, value: str) -> tuple[str, _Written]:
-    """A Content-* header for ``part._headers``, made once for all messages."""
-    return name, _Written(name, value)
+def _content_header(name: str, value: str) -> WrittenHeader:
+    """A constant Content-* header, made once for all messages, and written
+    out as it is (neither parsed nor refolded for each message)."""
+    return WrittenHeader(name, value)
 
 
 def _mime_type(path: Path) -> tuple[str, str]:
@@ -487,7 +454,7 @@ def preview_text(outgoing: OutgoingMessage) -> str:
     return "\n".join(lines) + "\n\n" + (str(text.get_content()) if text is not None else "")
 
 
-def structure(part: EmailMessage, depth: int = 1) -> list[str]:
+def structure(part: MIMEPart, depth: int = 1) -> list[str]:
     """One line per MIME part, indented by depth: type, file name, size."""
     line = "  " * depth + part.get_content_type()
     if part.is_multipart():

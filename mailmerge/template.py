@@ -59,6 +59,7 @@ from markupsafe import escape
 from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file, resolve_list_file
 from .errors import InvalidRow, TemplateError, did_you_mean
 from .filters import FILTERS
+from .jinja_internals import render as render_jinja
 from .listheaders import (
     LIST_ID_FORM, URI_HEADERS, describe_chars, is_no_post, needs_encoding, parse_list_id, raw_url_columns,
     split_uris, to_uri,
@@ -488,7 +489,7 @@ class MailTemplate:
         compiled = part.compiled_html if html else part.compiled
         assert compiled is not None
         try:
-            text = _render_jinja(compiled, recipient.values)
+            text = render_jinja(compiled, recipient.values)
             if not part.from_list:
                 part.constant[html] = text
             return text
@@ -579,24 +580,6 @@ class MailTemplate:
             return f"{self.path}: {part.name} (default)"
         index = min(max(line or 1, 1), len(part.lines)) - 1
         return f"{self.path}: line {part.lines[index]}"
-
-
-def _render_jinja(compiled: jinja2.Template, values: dict[str, str]) -> str:
-    """``compiled.render(values)``, the same text and errors, minus the copy of
-    Jinja's globals (``range``, ``dict``, ...) that ``render`` makes on every
-    call: half the time it takes to render a short header. The globals are
-    copied once per template here, and the row's values go over them."""
-    context = compiled.new_context({**_jinja_globals(compiled), **values}, shared=True)
-    try:
-        return compiled.environment.concat(compiled.root_render_func(context))  # type: ignore[attr-defined]
-    except Exception:
-        compiled.environment.handle_exception()  # raises, with the template's line numbers
-        raise
-
-
-@functools.cache
-def _jinja_globals(compiled: jinja2.Template) -> dict[str, Any]:
-    return dict(compiled.globals)
 
 
 # The text parsed here holds placeholders, not values: it is the same for

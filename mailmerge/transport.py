@@ -27,6 +27,7 @@ from .message import EnvelopeRecipient, OutgoingMessage
 from .outcome import Outcome, Status
 from .pacing import Backoff, StopSignal
 from .providers import login_hint
+from .smtplib_internals import LoggedSMTP, LoggedSMTP_SSL, connect, socket_of
 
 # Tried in this order; only ONE is attempted (smtplib's login() tries them all,
 # which counts double against an account's lockout).
@@ -45,58 +46,6 @@ def _xoauth2(username: str, token: str) -> Callable[[bytes | None], str]:
         return f"user={username}\x01auth=Bearer {token}\x01\x01" if challenge is None else ""
 
     return respond
-
-
-class _Conversation:
-    """Mixin for smtplib's classes: tell ``log`` every command and reply, with
-    the secrets of an AUTH exchange masked (smtplib's own debug output shows
-    them, base64-encoded) and a message's content summed up in one line."""
-
-    log: Callable[[str], None] | None = None
-    _in_auth = False
-
-    def send(self, s: bytes | str) -> None:
-        if self.log is not None:
-            text = s.decode("utf-8", "replace") if isinstance(s, bytes) else s
-            if text.upper().startswith("AUTH "):
-                self._in_auth = True
-                self.log("C: " + " ".join(text.split()[:2]) + " ********")
-            elif self._in_auth:
-                self.log("C: ********")
-            elif text.count("\n") > 1 or len(text) > 1000:
-                self.log(f"C: (the message, {len(s)} bytes)")
-            else:
-                self.log("C: " + text.rstrip("\r\n"))
-        super().send(s)  # type: ignore[misc]
-
-    def send_group(self, payload: bytes, described: list[str]) -> None:
-        """Send several commands (and a message) in one write: pipelining."""
-        if self.log is not None:
-            for line in described:
-                self.log("C: " + line)
-        log, self.log = self.log, None
-        try:
-            self.send(payload)
-        finally:
-            self.log = log
-
-    def getreply(self) -> tuple[int, bytes]:
-        code, reply = super().getreply()  # type: ignore[misc]
-        if code != 334:
-            self._in_auth = False
-        if self.log is not None:
-            lines = _text(reply).splitlines() or [""]
-            for line in lines:
-                self.log(f"S: {code} {line if code != 334 else '********'}")
-        return code, reply
-
-
-class _SMTP(_Conversation, smtplib.SMTP):
-    pass
-
-
-class _SMTPSSL(_Conversation, smtplib.SMTP_SSL):
-    pass
 
 
 class SmtpSession:
@@ -122,7 +71,7 @@ class SmtpSession:
         self._secret = secret
         self._log = log
         self._step = step
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: LoggedSMTP | None = None
         # A MAIL FROM was refused for now (a sender rate limit): from then on,
         # for the rest of the run, each MAIL waits for its reply before RCPTs follow.
         self.cautious = False
@@ -139,22 +88,18 @@ class SmtpSession:
         )
         where = f"{config.host}:{config.port}"
         try:
-            smtp: smtplib.SMTP
+            smtp: LoggedSMTP
             if config.security == "ssl":
-                smtp = _SMTPSSL(timeout=config.timeout, context=context)
+                smtp = LoggedSMTP_SSL(timeout=config.timeout, context=context)
             else:
-                smtp = _SMTP(timeout=config.timeout)
-            smtp.log = self._log  # type: ignore[attr-defined]
+                smtp = LoggedSMTP(timeout=config.timeout)
+            smtp.log = self._log
             self._smtp = smtp
-            # Created without a host so the greeting is logged too; smtplib takes
-            # the TLS server name (checked against the certificate) from _host.
-            smtp._host = config.host  # type: ignore[attr-defined]
-            greeting = smtp.connect(config.host, config.port)
+            greeting = connect(smtp, config.host, config.port)
             # The end of DATA goes out as its own small write (after the journal's
             # in-flight mark): without this, Nagle's algorithm holds it back until
             # the previous write is acknowledged, 40 ms later.
-            assert smtp.sock is not None
-            smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socket_of(smtp).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._check_greeting(*greeting)
             self._step(f"connected to {where}")
             smtp.ehlo()
@@ -168,7 +113,8 @@ class SmtpSession:
                 smtp.starttls(context=context)
                 smtp.ehlo()
             if config.security != "none":
-                version = smtp.sock.version() if isinstance(smtp.sock, ssl.SSLSocket) else "?"
+                tls = socket_of(smtp)
+                version = tls.version() if isinstance(tls, ssl.SSLSocket) else "?"
                 self._step(f"{version}, certificate verified for {config.host}")
             if config.username:
                 self._login(smtp)
@@ -299,19 +245,18 @@ class SmtpSession:
         targets = message.recipients if recipients is None else recipients
         outcomes: list[Outcome] = []
         jobs = iter([Job(message, targets, before_data_end or (lambda accepted: None), outcomes.extend)])
-        try:
-            self.stream(lambda wait: next(jobs, None))
-        except _Interrupted as interrupted:
-            reason = f"not sent: {interrupted.error}"
-            outcomes += [_outcome(message, t, Status.NOT_SENT_YET, None, reason) for job in interrupted.retry for t in job.targets]
-            order = {t.address: i for i, t in enumerate(targets)}
-            outcomes.sort(key=lambda outcome: order[outcome.address])
-            raise ConnectionLost(str(interrupted.error), outcomes) from interrupted
-        return outcomes
+        end = self.stream(lambda wait: next(jobs, None))
+        if end.error is None:
+            return outcomes
+        for job in end.retry:  # (the only job: the addresses that surely did not get it)
+            job.done(_settled(job.message, job.targets, {}, None, f"not sent: {end.error}"))
+        order = {target.address: i for i, target in enumerate(targets)}
+        end.error.outcomes = sorted(outcomes, key=lambda outcome: order[outcome.address])
+        raise end.error
 
-    def stream(self, next_job: Callable[[bool], Job | None], limit: int = 0) -> int:
+    def stream(self, next_job: Callable[[bool], Job | None], limit: int = 0) -> StreamEnd:
         """Send the jobs ``next_job`` gives until it gives None (or ``limit``
-        messages); return how many were handled.
+        messages), or until the session ends; say how it ended.
 
         ``next_job(False)`` must not wait: None then means "none ready now"
         and the session finishes what it has before asking ``next_job(True)``.
@@ -326,15 +271,17 @@ class SmtpSession:
         RCPTs follow (no RCPT or DATA answered "503 need MAIL" while the server
         limits us).
 
-        Raises :class:`_Interrupted` when the connection drops, the server
-        says 421, or it refuses a MAIL FROM for now (a 4xx: a sender rate
-        limit; the session is closed, so that the caller waits before it
-        connects again). The replies that came are kept in the outcomes; the
-        interruption carries the jobs to send again.
+        Every outcome goes to its job's ``done``. A session that ends early
+        is not an exception here but the :class:`StreamEnd`'s ``error`` (a
+        :class:`ConnectionLost`): the connection dropped, the server said 421,
+        or it refused a MAIL FROM for now (a 4xx: a sender rate limit; the
+        session is closed, so that the caller waits before it connects
+        again). The replies that came are kept in the outcomes; ``retry``
+        holds what surely did not go, to send again.
         """
         smtp = self._smtp
         assert smtp is not None
-        wire = _Wire(smtp)
+        wire = _Wire(smtp, self.config.host)
         pipelining, eightbit = smtp.has_extn("pipelining"), smtp.has_extn("8bitmime")
         taken = handled = 0
         live: list[_Transaction] = []  # on the wire, not all settled
@@ -374,8 +321,10 @@ class SmtpSession:
                 if tx.refused_for_now:
                     self.cautious = True
                     self.close()  # no more on this connection for now: the caller waits, then reconnects
-                    error = ConnectionLost(f"{self.config.host} asks to slow down: {tx.refused_for_now}")
-                    raise _Interrupted(error, [job] + ([nxt] if nxt is not None else []), handled)
+                    code, text = tx.mail or (None, "")
+                    error = ConnectionLost(f"{self.config.host} asks to slow down: {tx.refused_for_now}",
+                                           code=code, text=text)
+                    return StreamEnd(handled, [job] + ([nxt] if nxt is not None else []), error)
                 if tx.data is not None and tx.data[0] == 354 and tx.accepted:
                     job.before_end(tx.accepted)
                     wire.content(tx, _dot_stuffed(job.message.as_bytes(eightbit=eightbit)))
@@ -389,18 +338,19 @@ class SmtpSession:
                     tx.settle_envelope()
                 handled += 1
                 job, nxt = (nxt if nxt is not None else pull(True)), None
-        except (_ServerClosed, smtplib.SMTPServerDisconnected, OSError) as error:
+        except (ConnectionLost, smtplib.SMTPServerDisconnected, OSError) as error:
             self.abort()
-            if isinstance(error, _ServerClosed):
-                lost = ConnectionLost(f"{self.config.host} closed the session: {error}", code=error.code, text=error.text)
+            if isinstance(error, ConnectionLost):  # the server said 421 (see _Wire.read_through)
+                lost = error
             else:
                 lost = ConnectionLost(f"the connection to {self.config.host} was lost: {error or 'closed'}")
-            maybe_delivered = not isinstance(error, _ServerClosed)  # a 421 to the end of DATA: not taken
+                lost.__cause__ = error
+            maybe_delivered = lost.code is None  # a 421 to the end of DATA: not taken
             pending = [t for t in live if not t.settled]
             again = [j for t in pending for j in [t.interrupted(maybe_delivered)] if j is not None]
             progress = handled + sum(t.decided for t in pending)  # a refusal kept is progress too
-            raise _Interrupted(lost, again + ([nxt] if nxt is not None else []), progress) from error
-        return handled
+            return StreamEnd(progress, again + ([nxt] if nxt is not None else []), lost)
+        return StreamEnd(handled)
 
 
 NO_SMTPUTF8 = ("not sent: the message has an internationalized address and the "
@@ -411,14 +361,6 @@ UNKNOWN_AFTER_DOT = ("the connection was lost after the message was sent and bef
 # The steps of a message whose replies are read, besides one per recipient.
 _MAIL, _DATA, _END, _RSET = "MAIL", "DATA", "END", "RSET"
 _Step = str | EnvelopeRecipient
-
-
-class _ServerClosed(Exception):
-    """The server answered 421: it closes the session (never leaves this module)."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"{code} {text}")
-        self.code, self.text = code, text
 
 
 class _Transaction:
@@ -489,8 +431,9 @@ class _Wire:
     are held until a reply is needed (so that pipelined ones go in one
     write), and each reply goes to the transaction whose command it answers."""
 
-    def __init__(self, smtp: smtplib.SMTP) -> None:
+    def __init__(self, smtp: LoggedSMTP, host: str) -> None:
         self.smtp = smtp
+        self.host = host
         self.held = bytearray()
         self.described: list[str] = []  # the held commands, for the --verbose log
         self.expected: collections.deque[tuple[_Transaction, _Step]] = collections.deque()
@@ -511,18 +454,20 @@ class _Wire:
         if self.held:
             held, described = bytes(self.held), self.described
             self.held, self.described = bytearray(), []
-            self.smtp.send_group(held, described)  # type: ignore[attr-defined]
+            self.smtp.send_group(held, described)
 
     def read_through(self, tx: _Transaction, step: _Step | None = None) -> None:
         """Send what is held, then read every reply up to the one to ``step``
-        of ``tx`` (its last one when None). Raises :class:`_ServerClosed` on 421."""
+        of ``tx`` (its last one when None). Raises :class:`ConnectionLost`
+        with the reply's code and text on 421 (the server closes the session)."""
         self.flush()
         waited = [i for i, (t, s) in enumerate(self.expected) if t is tx and (step is None or s is step)]
         for _ in range(waited[-1] + 1 if waited else 0):
             target, answered = self.expected.popleft()
             code, reply = self.smtp.getreply()
             if code == 421:
-                raise _ServerClosed(code, _text(reply))
+                text = _text(reply)
+                raise ConnectionLost(f"{self.host} closed the session: {code} {text}", code=code, text=text)
             target.take(answered, code, _text(reply))
 
 
@@ -540,12 +485,13 @@ class Job:
         return Job(self.message, targets, self.before_end, self.done)
 
 
-class _Interrupted(Exception):
-    """The stream broke: why, the jobs to send again, how many were handled."""
+@dataclass
+class StreamEnd:
+    """How :meth:`SmtpSession.stream` ended."""
 
-    def __init__(self, error: ConnectionLost, retry: list[Job], handled: int) -> None:
-        super().__init__(str(error))
-        self.error, self.retry, self.handled = error, retry, handled
+    handled: int  # messages handled on this connection (a refusal kept counts)
+    retry: list[Job] = field(default_factory=list)  # what surely did not go: send it again
+    error: ConnectionLost | None = None  # why the session ended early; None: no more jobs, or the limit
 
 
 def _outcome(message: OutgoingMessage, target: EnvelopeRecipient, status: Status, code: int | None, reason: str) -> Outcome:
@@ -648,21 +594,21 @@ class SmtpClient:
             again.appendleft(first)
             try:
                 self._ensure_open()
-                handled = self.session.stream(source, self.max_per_connection)
             except ConnectError as failure:
                 if self.connections == 0 and not isinstance(failure, ServerBusy):
                     again.popleft()
                     raise  # the first connection: a setting is wrong, say so now
                 failures, error = failures + 1, failure
                 continue
-            except _Interrupted as interrupted:
-                failures = 1 if interrupted.handled else failures + 1
-                error = interrupted.error
-                again.extendleft(reversed(interrupted.retry))
+            end = self.session.stream(source, self.max_per_connection)
+            if end.error is not None:
+                failures = 1 if end.handled else failures + 1
+                error = end.error
+                again.extendleft(reversed(end.retry))
                 continue
             failures = 0
-            self._sent_on_connection += handled
-            if not (self.max_per_connection and handled >= self.max_per_connection):
+            self._sent_on_connection += end.handled
+            if not (self.max_per_connection and end.handled >= self.max_per_connection):
                 return
 
     def _wait(self, attempt: int, error: SendError | None) -> bool:
