@@ -36,19 +36,19 @@ _EXPORTS = {
     "Events": "campaign",
     "SendResult": "campaign",
     "Start": "campaign",
-    "Template": "template",
-    "MailTemplate": "template",
-    "Config": "config",
+    "Template": "render.template",
+    "MailTemplate": "render.template",
+    "Config": "config.settings",
     "Outcome": "outcome",
     "Status": "outcome",
-    "Summary": "report",
+    "Summary": "state.report",
     "MailmergeError": "errors",
     "InputError": "errors",
     "SendError": "errors",
     "Interrupted": "errors",
-    "CampaignLocked": "journal",
-    "ListChanged": "journal",
-    "JournalLost": "marker",
+    "CampaignLocked": "state.journal",
+    "ListChanged": "state.journal",
+    "JournalLost": "state.marker",
 }
 __all__ = ["__version__", *_EXPORTS]
 
@@ -56,14 +56,14 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .campaign import Campaign, Events, SendResult, Start
-    from .config import Config
+    from .config.settings import Config
     from .errors import InputError, Interrupted, MailmergeError, SendError
-    from .journal import CampaignLocked, ListChanged
-    from .marker import JournalLost
+    from .state.journal import CampaignLocked, ListChanged
+    from .state.marker import JournalLost
     from .outcome import Outcome, Status
-    from .report import Summary
-    from .template import MailTemplate
-    from .template import MailTemplate as Template
+    from .state.report import Summary
+    from .render.template import MailTemplate
+    from .render.template import MailTemplate as Template
 
 
 def __getattr__(name: str) -> Any:

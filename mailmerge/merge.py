@@ -19,18 +19,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from .config import RecipientLimit, SendConfig, SmtpConfig
+from .config.settings import RecipientLimit, SendConfig, SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
-from .journal import Entry, Journal, ListChanged, row_hash
-from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_address, check_addresses
-from .outbox import Outbox, OutboxWriter
+from .state.journal import Entry, Journal, ListChanged, row_hash
+from .mime.message import EnvelopeRecipient, OutgoingMessage, build_message, check_address, check_addresses
+from .delivery.outbox import Outbox, OutboxWriter
 from .outcome import Outcome, Status
-from .pacing import Pacer, StopSignal
-from .template import Draft, MailTemplate
-from .transport import Job, SmtpClient, SmtpSession
+from .delivery.pacing import Pacer, StopSignal
+from .render.template import Draft, MailTemplate
+from .delivery.smtp import Job, SmtpClient, SmtpSession
 
 if TYPE_CHECKING:  # types only: the reader (and pandas) is loaded when a list is read
-    from .recipients import Recipient, RecipientList
+    from .sources.recipients import Recipient, RecipientList
 
 
 def render_row(template: MailTemplate, recipient: Recipient) -> OutgoingMessage | list[Outcome]:
@@ -427,7 +427,7 @@ def send_merge(
 ) -> MergeResult:
     """Send what is left of the campaign through one SMTP session (or
     ``settings.connections`` sessions side by side), or write it to an
-    :class:`~mailmerge.outbox.Outbox` folder.
+    :class:`~mailmerge.delivery.outbox.Outbox` folder.
 
     Skips every address the journal has as sent, refused or unknown (unless
     ``resend_unknown``); a connection or login error before the first message

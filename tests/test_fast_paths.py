@@ -38,13 +38,13 @@ import pytest
 from jinja2.sandbox import SandboxedEnvironment
 from smtp_server import SmtpTestServer
 
-from mailmerge.config import SmtpConfig
-from mailmerge.filters import FILTERS
-from mailmerge.jinja_internals import render
-from mailmerge.message import EnvelopeRecipient, OutgoingMessage, build_message
+from mailmerge.config.settings import SmtpConfig
+from mailmerge.render.filters import FILTERS
+from mailmerge.render.jinja_internals import render
+from mailmerge.mime.message import EnvelopeRecipient, OutgoingMessage, build_message
 from mailmerge.outcome import Status
-from mailmerge.template import Draft, Mailbox
-from mailmerge.transport import SmtpSession
+from mailmerge.render.template import Draft, Mailbox
+from mailmerge.delivery.smtp import SmtpSession
 
 DATE = "Mon, 02 Mar 2026 10:00:00 +0900"
 MESSAGE_ID = "<fast.path@example.com>"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from mailmerge.errors import TemplateError
-from mailmerge.filters import FILTERS, date, first_name, money, number
-from mailmerge.recipients import Recipient
-from mailmerge.template import Draft, Mailbox, load_template
+from mailmerge.render.filters import FILTERS, date, first_name, money, number
+from mailmerge.sources.recipients import Recipient
+from mailmerge.render.template import Draft, Mailbox, load_template
 
 SENDER = "club@example.com"
 

@@ -19,7 +19,7 @@ import trustme
 from conftest import run_cli, write_config, write_template, write_xlsx
 from smtp_server import ReceivedMessage, SmtpTestServer
 
-from mailmerge.content import resolve_list_file
+from mailmerge.render.content import resolve_list_file
 from mailmerge.errors import InvalidRow
 
 DATA = Path(__file__).parent / "data"

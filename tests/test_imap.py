@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from conftest import PASSWORD, USER
 
-import mailmerge.imap
+import mailmerge.imap.session
 from imap_server import DovecotServer, dovecot_binary
 
-from mailmerge.imap import (
+from mailmerge.imap.session import (
     Bounce,
     ImapConfig,
     ImapError,
@@ -397,7 +397,7 @@ def test_a_big_mail_in_the_inbox_is_read_only_in_part(
     """find_bounces reads the first BOUNCE_BYTES (1 MB) of each message: a
     6 MB mail beside a bounce stays within a reply limit lowered to 4 MB for
     this test, and the bounce is still found."""
-    monkeypatch.setattr(mailmerge.imap, "MAX_REPLY_BYTES", 4 << 20)
+    monkeypatch.setattr(mailmerge.imap.session, "MAX_REPLY_BYTES", 4 << 20)
     server = make_server(users={USER: PASSWORD}).start()
     line = b"x" * 76 + b"\r\n"
     server.put("INBOX", b"From: a@example.org\r\nSubject: holiday photos\r\n"

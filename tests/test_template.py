@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mailmerge.errors import InvalidRow, TemplateError
-from mailmerge.recipients import Recipient
-from mailmerge.template import Draft, MailTemplate, Mailbox, load_template
+from mailmerge.sources.recipients import Recipient
+from mailmerge.render.template import Draft, MailTemplate, Mailbox, load_template
 
 SENDER = "Club <club@example.com>"
 COLUMNS = ["name", "email"]

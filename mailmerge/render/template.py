@@ -30,11 +30,11 @@ Lists are written by strangers, so a value from the list is text, never markup:
 - In a URI header (``List-Unsubscribe``, ``List-Help``...) the template's text
   alone says where each URI begins and ends; a value stays inside its URI,
   percent-encoded where a URI may not hold the character (see
-  :mod:`mailmerge.listheaders`).
+  :mod:`mailmerge.mime.listheaders`).
 - A file named by the list (an ``Attachment:`` or ``Style:`` made with Jinja, an
   ``<img src>`` not written in the template) is looked up only in the
   attachments folder, and never a hidden file or one of the config's secrets
-  (see :func:`~mailmerge.content.resolve_list_file`).
+  (see :func:`~mailmerge.render.content.resolve_list_file`).
 """
 
 from __future__ import annotations
@@ -57,16 +57,16 @@ from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
 from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file, resolve_list_file
-from .errors import InvalidRow, TemplateError, did_you_mean
+from ..errors import InvalidRow, TemplateError, did_you_mean
 from .filters import FILTERS
 from .jinja_internals import render as render_jinja
-from .listheaders import (
+from ..mime.listheaders import (
     LIST_ID_FORM, URI_HEADERS, describe_chars, is_no_post, needs_encoding, parse_list_id, raw_url_columns,
     split_uris, to_uri,
 )
 
 if TYPE_CHECKING:  # only a type here: importing it would load pandas for every command
-    from .recipients import Recipient
+    from ..sources.recipients import Recipient
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
 # Headers mailmerge writes itself; a template that sets them is wrong.
@@ -524,7 +524,7 @@ class MailTemplate:
 
     def _render_uris(self, part: _Part, recipient: Recipient) -> list[tuple[str, str]]:
         """A URI list header (RFC 2369), each URI checked and percent-encoded
-        (see :mod:`mailmerge.listheaders`). List-Unsubscribe with an https
+        (see :mod:`mailmerge.mime.listheaders`). List-Unsubscribe with an https
         address also gets List-Unsubscribe-Post (RFC 8058), which Gmail and
         Yahoo require from bulk senders."""
         self._placeholders.values = []

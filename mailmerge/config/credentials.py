@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ImapSettings, SmtpConfig, dotenv_values
-from .errors import ConfigError
+from .settings import ImapSettings, SmtpConfig, dotenv_values
+from ..errors import ConfigError
 
 PASSWORD_VARIABLE = "MAILMERGE_PASSWORD"
 TOKEN_VARIABLE = "MAILMERGE_OAUTH2_TOKEN"

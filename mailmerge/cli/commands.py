@@ -20,20 +20,20 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from . import __version__
-from .campaign import Campaign, Events, SendResult, Start
-from .config import Config, SendConfig, SmtpConfig, find_config, load_config
-from .archive import BounceResult, imap_config, parse_since, save_sent_copies
-from .credentials import find_imap_secret, find_secret, forget_password, store_password
-from .imap import ImapSession
-from .errors import ConfigError, InputError, Interrupted, MailmergeError, exit_code_of
-from .journal import Journal
-from .merge import Plan
-from .message import OutgoingMessage, preview_text, viewable_html
-from .outcome import REPORTED, Outcome
-from .pacing import parse_duration, parse_rate
-from .report import default_report_path
-from .untrusted import visible
+from .. import __version__
+from ..campaign import Campaign, Events, SendResult, Start
+from ..config.settings import Config, SendConfig, SmtpConfig, find_config, load_config
+from ..imap.archive import BounceResult, imap_config, parse_since, save_sent_copies
+from ..config.credentials import find_imap_secret, find_secret, forget_password, store_password
+from ..imap.session import ImapSession
+from ..errors import ConfigError, InputError, Interrupted, MailmergeError, exit_code_of
+from ..state.journal import Journal
+from ..merge import Plan
+from ..mime.message import OutgoingMessage, preview_text, viewable_html
+from ..outcome import REPORTED, Outcome
+from ..delivery.pacing import parse_duration, parse_rate
+from ..state.report import default_report_path
+from ..untrusted import visible
 from .ui import SendProgress, Ui, counts_json, message_json, out, rows_json, summary_table
 
 EXIT_OK, EXIT_REFUSED = 0, 3  # what the rows' states end in; an error's code comes from errors.EXIT_CODES

@@ -43,8 +43,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from .errors import MailmergeError
-from .providers import PROVIDERS
+from ..errors import MailmergeError
+from ..config.providers import PROVIDERS
 
 
 class ImapError(MailmergeError):
