@@ -38,7 +38,7 @@ _EXPORTS = {
     "Start": "campaign",
     "Template": "render.template",
     "MailTemplate": "render.template",
-    "Config": "config.settings",
+    "Config": "config.file",
     "Outcome": "outcome",
     "Status": "outcome",
     "Summary": "state.report",
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .campaign import Campaign, Events, SendResult, Start
-    from .config.settings import Config
+    from .config.file import Config
     from .errors import InputError, Interrupted, MailmergeError, SendError
     from .state.journal import CampaignLocked, ListChanged
     from .state.marker import JournalLost

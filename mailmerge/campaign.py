@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config.settings import Config, SendConfig, SmtpConfig, find_config, load_config
+from .config.file import Config, SendConfig, SmtpConfig, find_config, load_config
 from .errors import ConfigError, InputError, RecipientsError
 from .state.journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_to_send, open_view
 from .state.marker import SentMarker, check_journal_kept
@@ -45,7 +45,7 @@ from .delivery.outbox import Outbox
 from .outcome import Outcome
 from .delivery.pacing import StopSignal
 from .state.report import Summary, default_report_path, write_report
-from .render.template import MailTemplate, TemplateSettings, load_template, template_from_text
+from .render.template import MailTemplate, TemplateConfig, load_template, template_from_text
 
 if TYPE_CHECKING:
     from .imap.archive import BounceResult
@@ -151,7 +151,7 @@ class Campaign:
         text (a ``str`` with a line break), or a
         :meth:`MailTemplate.from_string <mailmerge.render.template.MailTemplate.from_string>`;
         default: ``template`` in ``[message]`` of the config. ``config`` is a
-        path or a :class:`~mailmerge.config.settings.Config` (default: mailmerge.toml
+        path or a :class:`~mailmerge.config.file.Config` (default: mailmerge.toml
         beside the list, then in the current folder). ``journal`` defaults to
         ``.mailmerge/`` beside the list. Raises an
         :class:`~mailmerge.errors.InputError` naming what is wrong.
@@ -164,7 +164,7 @@ class Campaign:
         settings = _load_config(config, list_path)
         folder = Path(journal) if journal is not None else journal_folder(list_path)  # type: ignore[arg-type]
         recipients = _read_list(list_path, sheet, encoding) if list_path is not None else _python_rows(rows)
-        template_settings = TemplateSettings(
+        template_settings = TemplateConfig(
             default_from=settings.message.sender, unsubscribe=settings.message.unsubscribe,
             list_id=settings.message.list_id, css=settings.message.css,
             attachments_dir=Path(attachments_dir) if attachments_dir is not None else None,
@@ -338,7 +338,6 @@ class Campaign:
 
     def imap_session(self, password: str | None = None, *, events: Events | None = None) -> Any:
         """An open :class:`~mailmerge.imap.session.ImapSession` for ``[imap]`` of the config."""
-        from .imap.archive import imap_config
         from .config.credentials import find_imap_secret
         from .imap.session import ImapSession
 
@@ -346,7 +345,7 @@ class Campaign:
         if password is None:
             password = find_imap_secret(self.config.imap, self.config.smtp, self.config.path,
                                         prompt=events.prompt).value
-        session = ImapSession(imap_config(self.config.imap), password, log=events.log)
+        session = ImapSession(self.config.imap, password, log=events.log)
         session.open()
         return session
 
@@ -385,7 +384,7 @@ def _python_rows(rows: Rows) -> RecipientList:
     return RecipientList(Path("rows"), columns, held)
 
 
-def _load_template(template: str | Path | MailTemplate | None, config: Config, settings: TemplateSettings) -> MailTemplate:
+def _load_template(template: str | Path | MailTemplate | None, config: Config, settings: TemplateConfig) -> MailTemplate:
     if isinstance(template, MailTemplate):  # made without the config: parsed again with it
         return template_from_text(template.text, template.path, settings)
     if isinstance(template, str) and "\n" in template:

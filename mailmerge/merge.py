@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from .config.settings import RecipientLimit, SendConfig, SmtpConfig
+from .config.file import RecipientLimit, SendConfig, SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
 from .state.journal import Entry, Journal, ListChanged, row_hash
 from .mime.message import EnvelopeRecipient, OutgoingMessage, build_message, check_address, check_addresses

@@ -16,7 +16,7 @@ from conftest import PASSWORD, USER, write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
 from mailmerge import Campaign, Events, ListChanged, Status, Template
-from mailmerge.config.settings import SendConfig
+from mailmerge.config.file import SendConfig
 from mailmerge.errors import EXIT_CODES, AuthenticationError, ConnectionLost, InputError, Interrupted, exit_code_of
 from mailmerge.state.journal import Journal, row_hash
 from mailmerge.outcome import Outcome

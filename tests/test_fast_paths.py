@@ -38,7 +38,7 @@ import pytest
 from jinja2.sandbox import SandboxedEnvironment
 from smtp_server import SmtpTestServer
 
-from mailmerge.config.settings import SmtpConfig
+from mailmerge.config.file import SmtpConfig
 from mailmerge.render.filters import FILTERS
 from mailmerge.render.jinja_internals import render
 from mailmerge.mime.message import EnvelopeRecipient, OutgoingMessage, build_message

@@ -21,18 +21,18 @@ from conftest import PASSWORD, USER
 import mailmerge.imap.session
 from imap_server import DovecotServer, dovecot_binary
 
+from mailmerge.config.file import ImapConfig
 from mailmerge.imap.session import (
     Bounce,
-    ImapConfig,
+    Folder,
     ImapError,
     ImapSession,
-    Mailbox,
     find_sent_by_name,
     mutf7_decode,
     mutf7_encode,
     parse_bounce,
     parse_list_reply,
-    quote_mailbox,
+    quote_folder,
 )
 
 DSN = Path(__file__).parent / "data" / "dsn"
@@ -204,9 +204,9 @@ def test_modified_utf7_leaves_invalid_names_alone() -> None:
 
 
 def test_quote_mailbox() -> None:
-    assert quote_mailbox("Sent Items") == '"Sent Items"'
-    assert quote_mailbox("보낸메일함") == '"&vPSwuLpUx3zVaA-"'
-    assert quote_mailbox('a"b\\c') == '"a\\"b\\\\c"'
+    assert quote_folder("Sent Items") == '"Sent Items"'
+    assert quote_folder("보낸메일함") == '"&vPSwuLpUx3zVaA-"'
+    assert quote_folder('a"b\\c') == '"a\\"b\\\\c"'
 
 
 def test_parse_list_reply_quoted_literal_and_nil() -> None:
@@ -221,15 +221,15 @@ def test_parse_list_reply_quoted_literal_and_nil() -> None:
 
 
 def test_sent_by_name_prefers_usual_order_and_knows_inbox_prefixes() -> None:
-    def boxes(*names: str) -> list[Mailbox]:
-        return [Mailbox(name, frozenset({"\\hasnochildren"}), ".") for name in names]
+    def boxes(*names: str) -> list[Folder]:
+        return [Folder(name, frozenset({"\\hasnochildren"}), ".") for name in names]
 
     assert find_sent_by_name(boxes("INBOX", "Sent Items", "Sent")) == "Sent"
     assert find_sent_by_name(boxes("INBOX", "INBOX.Sent Items", "Drafts")) == "INBOX.Sent Items"
     assert find_sent_by_name(boxes("INBOX", "INBOX/sent messages")) == "INBOX/sent messages"
     assert find_sent_by_name(boxes("INBOX", "보낸메일함")) == "보낸메일함"
     assert find_sent_by_name(boxes("INBOX", "Sentinel", "Archive/Sent")) is None
-    assert find_sent_by_name([Mailbox("Sent", frozenset({"\\noselect"}), "/")]) is None
+    assert find_sent_by_name([Folder("Sent", frozenset({"\\noselect"}), "/")]) is None
 
 
 # --- no server needed: connection failures never hang --------------------------------

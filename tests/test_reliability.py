@@ -21,7 +21,7 @@ import pytest
 from conftest import PASSWORD, USER, run_cli, write_config, write_template, write_xlsx
 from smtp_server import Faults, SmtpTestServer
 
-from mailmerge.config.settings import load_config
+from mailmerge.config.file import load_config
 from mailmerge.state.journal import JOURNAL_FILE, Journal, campaign_id
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from mailmerge.config.settings import load_config
+from mailmerge.config.file import load_config
 from mailmerge.errors import InputError
 from mailmerge.config.providers import PROVIDERS
 from mailmerge.sources.recipients import read_recipients

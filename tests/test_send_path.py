@@ -20,7 +20,7 @@ import pytest
 import smtp_server
 from smtp_server import Faults, SmtpTestServer
 
-from mailmerge.config.settings import SmtpConfig
+from mailmerge.config.file import SmtpConfig
 from mailmerge.errors import ConnectionLost
 from mailmerge.mime.message import EnvelopeRecipient, OutgoingMessage, build_message
 from mailmerge.outcome import Outcome, Status

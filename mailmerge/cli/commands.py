@@ -22,8 +22,8 @@ import typer
 
 from .. import __version__
 from ..campaign import Campaign, Events, SendResult, Start
-from ..config.settings import Config, SendConfig, SmtpConfig, find_config, load_config
-from ..imap.archive import BounceResult, imap_config, parse_since, save_sent_copies
+from ..config.file import Config, SendConfig, SmtpConfig, find_config, load_config
+from ..imap.archive import BounceResult, parse_since, save_sent_copies
 from ..config.credentials import find_imap_secret, find_secret, forget_password, store_password
 from ..imap.session import ImapSession
 from ..errors import ConfigError, InputError, Interrupted, MailmergeError, exit_code_of
@@ -282,7 +282,7 @@ def _imap_session(ui: Ui, settings: Config, verbose: bool = False) -> ImapSessio
     prompt = (lambda text: str(typer.prompt(text, hide_input=True, err=True))) if sys.stdin.isatty() else None
     secret = ui.run(lambda: find_imap_secret(imap, settings.smtp, settings.path, prompt=prompt))
     log = (lambda line: ui.note(line, style=None)) if verbose else None
-    session = ImapSession(imap_config(imap), secret.value, log=log)
+    session = ImapSession(imap, secret.value, log=log)
     ui.run(session.open)
     return session
 

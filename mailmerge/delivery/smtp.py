@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from ..config.settings import SmtpConfig
+from ..config.file import SmtpConfig
 from ..errors import AuthenticationError, ClientRefused, ConnectError, ConnectionLost, SendError, ServerBusy
 from ..mime.message import EnvelopeRecipient, OutgoingMessage
 from ..outcome import Outcome, Status

@@ -22,21 +22,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config.settings import ImapSettings
 from ..errors import InvalidRow
-from .session import Bounce, ImapConfig, ImapSession
+from .session import Bounce, ImapSession
 from ..state.journal import Journal
 from ..merge import Plan
 from ..mime.message import build_message
 from ..untrusted import visible
-
-
-def imap_config(settings: ImapSettings) -> ImapConfig:
-    """The connection part of the [imap] settings."""
-    return ImapConfig(
-        host=settings.host, port=settings.port, security=settings.security,
-        username=settings.username, ca_file=settings.ca_file, timeout=settings.timeout,
-    )
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
-from ..config.settings import RecipientLimit
+from ..config.file import RecipientLimit
 from ..render.content import replace_image_sources
 from .email_internals import CachingHeaderRegistry, WrittenHeader, add_header_as_is, copy_headers
 from ..errors import InvalidRow
