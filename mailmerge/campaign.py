@@ -174,7 +174,7 @@ class Campaign:
         plan = plan_merge(recipients, mail, settings.send.recipient_limit)
         campaign_name = campaign_id(list_path, mail.text, name) if list_path is not None else str(name)
         marker = SentMarker(list_path) if list_path is not None else SentMarker(folder, path=folder.parent / ".mailmerge-sent")
-        notes = [f"note: {note}" for note in [*settings.notes, *recipients.notes]]
+        notes = [f"note: {note}" for note in recipients.notes]
         notes += [f"row {outcomes[0].row}: invalid: {outcomes[0].reason}" for outcomes in plan.invalid.values()]
         notes += [f"warning: {warning}" for warning in mail.url_warnings(recipients)]
         return cls(settings, plan, campaign_name, folder, list_path, marker, notes)

@@ -142,7 +142,6 @@ class Config:
     message: MessageConfig = field(default_factory=MessageConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
     path: Path | None = None
-    notes: list[str] = field(default_factory=list)  # for the user: what was assumed
 
     def require_server(self) -> SmtpConfig:
         """The SMTP settings, or a ConfigError saying how to give them."""
