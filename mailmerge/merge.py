@@ -203,19 +203,17 @@ class Work:
     rows: int  # rows in the list
     done: int  # rows whose every address is settled: sent, refused, unknown, bounced
     to_send: int  # rows with at least one address left to send
-    unknown: int  # rows with an address in state unknown
     invalid: int
 
 
 def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False) -> Work:
     """Count what is already done and what is left, and stop when the list
     changed under a row that was already sent."""
-    done = to_send = unknown = 0
+    done = to_send = 0
     for recipient, journaled in _read_journaled_rows(plan, journal):
         if recipient.row in plan.invalid:
             continue
         _check_unchanged(plan, recipient, journaled)
-        unknown += any(e.state is Status.UNKNOWN for e in journaled)
         if not journaled:  # the common case: no rendering
             to_send += 1
         elif _row_is_done(recipient, journaled, resend_unknown) or not _left(
@@ -224,7 +222,7 @@ def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False
             done += 1
         else:
             to_send += 1
-    return Work(len(plan.recipients), done, to_send, unknown, len(plan.invalid))
+    return Work(len(plan.recipients), done, to_send, len(plan.invalid))
 
 
 # --- sending ---------------------------------------------------------------------
