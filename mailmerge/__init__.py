@@ -7,16 +7,26 @@ Use from Python through :class:`Campaign` (one method per command)::
     campaign = Campaign.open("list.xlsx", "invoice.txt", config="mailmerge.toml")
     result = campaign.send()
 
-The way from list to wire, one module per step::
+The way from list to wire, one package per step::
 
-    recipients  (file -> rows)
-      -> template (row -> Draft: headers, body)
-      -> message  (Draft -> EmailMessage + envelope)
-      -> transport (one SMTP session -> an Outcome per address)
-      -> report   (outcomes -> CSV)
+    sources   the list file     -> rows of text
+    render    a row             -> Draft (headers, body, files)
+    mime      a Draft           -> the message's bytes + its envelope
+    delivery  messages          -> one SMTP session (or --outbox), an Outcome per address
+    state     outcomes          -> the journal (SQLite), under the campaign's lock
+              the journal       -> the report (CSV) and the counts
+    imap      after a send      -> sent copies in the Sent folder, bounces into the journal
+    config    mailmerge.toml, the providers' presets, the password
+    cli       the commands: parse options, call Campaign, print
 
-``merge`` wires those steps for a whole list, ``campaign`` keeps the promises
-around them (lock, recovery, the list unchanged); ``cli`` only talks to the person.
+At the top, what every step shares or what wires them: ``campaign`` (the
+front door, keeping the promises: lock, recovery, the list unchanged),
+``merge`` (the steps for a whole list), ``outcome`` (the states: delivery
+makes them, state keeps them, the report and cli show them, so none of those
+owns them), ``errors`` (one hierarchy, raised everywhere) and ``untrusted``
+(text from strangers made harmless, wherever it is read or shown). The
+``*_internals`` modules (the private parts of ``email``, Jinja and
+``smtplib`` the fast paths use) sit beside the one module that uses each.
 
 The names below are imported when first used, so ``import mailmerge`` (and
 ``mailmerge --help``) does not load pandas.

@@ -21,8 +21,8 @@ from conftest import write_template, write_xlsx
 
 from mailmerge.cli.htmlpreview import write_html_preview
 from mailmerge.merge import Plan, plan_merge
-from mailmerge.sources.recipients import read_recipients
 from mailmerge.render.template import load_template
+from mailmerge.sources.recipients import read_recipients
 
 DATA = Path(__file__).parent / "data"
 EVIL = "<script>alert(1)</script>"

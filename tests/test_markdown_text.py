@@ -15,8 +15,8 @@ from conftest import run_cli, write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
 from mailmerge.render.content import html_to_text
-from mailmerge.sources.recipients import Recipient
 from mailmerge.render.template import MailTemplate, load_template
+from mailmerge.sources.recipients import Recipient
 
 DATA = Path(__file__).parent / "data"
 

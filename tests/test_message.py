@@ -1,4 +1,4 @@
-"""Tests for mailmerge/message.py: a Draft becomes the bytes on the wire and an envelope."""
+"""Tests for mailmerge/mime/message.py: a Draft becomes the bytes on the wire and an envelope."""
 
 from __future__ import annotations
 

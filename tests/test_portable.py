@@ -22,9 +22,9 @@ from conftest import write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
 from mailmerge.cli.htmlpreview import file_stem
+from mailmerge.delivery.pacing import StopSignal, stop_signals
 from mailmerge.state.journal import JOURNAL_FOLDER, campaign_id, journal_folder, lock_name
 from mailmerge.state.marker import SentMarker
-from mailmerge.delivery.pacing import StopSignal, stop_signals
 from mailmerge.state.report import default_report_path
 
 TEMPLATE = """\

@@ -15,11 +15,11 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from mailmerge.config.file import load_config
-from mailmerge.errors import InputError
-from mailmerge.config.providers import PROVIDERS
-from mailmerge.sources.recipients import read_recipients
 from mailmerge.cli.scaffold import COPIED, FILES, ScaffoldResult, init_folder, logo_png, starter_file
+from mailmerge.config.file import load_config
+from mailmerge.config.providers import PROVIDERS
+from mailmerge.errors import InputError
+from mailmerge.sources.recipients import read_recipients
 
 EXPECTED = {
     "mailmerge.toml",

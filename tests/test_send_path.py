@@ -21,11 +21,11 @@ import smtp_server
 from smtp_server import Faults, SmtpTestServer
 
 from mailmerge.config.file import SmtpConfig
+from mailmerge.delivery.smtp import Job, SmtpSession
 from mailmerge.errors import ConnectionLost
 from mailmerge.mime.message import EnvelopeRecipient, OutgoingMessage, build_message
 from mailmerge.outcome import Outcome, Status
 from mailmerge.render.template import Draft, Mailbox
-from mailmerge.delivery.smtp import Job, SmtpSession
 
 GOOD, GONE, OTHER = "ann@example.org", "gone@example.org", "bob@example.org"
 

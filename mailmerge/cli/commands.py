@@ -22,16 +22,16 @@ import typer
 
 from .. import __version__
 from ..campaign import Campaign, Events, SendResult, Start
-from ..config.file import Config, SendConfig, SmtpConfig, find_config, load_config
-from ..imap.archive import BounceResult, parse_since, save_sent_copies
 from ..config.credentials import find_imap_secret, find_secret, forget_password, store_password
-from ..imap.session import ImapSession
+from ..config.file import Config, SendConfig, SmtpConfig, find_config, load_config
+from ..delivery.pacing import parse_duration, parse_rate
 from ..errors import ConfigError, InputError, Interrupted, MailmergeError, exit_code_of
-from ..state.journal import Journal
+from ..imap.archive import BounceResult, parse_since, save_sent_copies
+from ..imap.session import ImapSession
 from ..merge import Plan
 from ..mime.message import OutgoingMessage, preview_text, viewable_html
 from ..outcome import REPORTED, Outcome
-from ..delivery.pacing import parse_duration, parse_rate
+from ..state.journal import Journal
 from ..state.report import default_report_path
 from ..untrusted import visible
 from .ui import SendProgress, Ui, counts_json, message_json, out, rows_json, summary_table

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .file import ImapConfig, SmtpConfig, dotenv_values
 from ..errors import ConfigError
+from .file import ImapConfig, SmtpConfig, dotenv_values
 
 PASSWORD_VARIABLE = "MAILMERGE_PASSWORD"
 TOKEN_VARIABLE = "MAILMERGE_OAUTH2_TOKEN"

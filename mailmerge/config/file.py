@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..delivery.pacing import Backoff, parse_duration, parse_rate
 from ..errors import ConfigError, did_you_mean
 from ..mime.listheaders import LIST_ID_FORM, parse_list_id
-from ..delivery.pacing import Backoff, parse_duration, parse_rate
 from .providers import PROVIDERS
 
 CONFIG_NAME = "mailmerge.toml"

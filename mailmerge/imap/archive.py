@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import InvalidRow
-from .session import Bounce, ImapSession
-from ..state.journal import Journal
 from ..merge import Plan
 from ..mime.message import build_message
+from ..state.journal import Journal
 from ..untrusted import visible
+from .session import Bounce, ImapSession
 
 
 @dataclass

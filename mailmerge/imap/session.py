@@ -42,9 +42,9 @@ from email.parser import BytesParser, HeaderParser
 from types import TracebackType
 from typing import Any, Self
 
-from ..errors import MailmergeError
 from ..config.file import ImapConfig
 from ..config.providers import PROVIDERS
+from ..errors import MailmergeError
 
 
 class ImapError(MailmergeError):

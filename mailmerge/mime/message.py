@@ -31,11 +31,11 @@ from pathlib import Path
 from email_validator import EmailNotValidError, validate_email
 
 from ..config.file import RecipientLimit
-from ..render.content import replace_image_sources
-from .email_internals import CachingHeaderRegistry, WrittenHeader, add_header_as_is, copy_headers
 from ..errors import InvalidRow
-from .listheaders import URI_HEADERS, fold, is_no_post, parse_list_id, split_uris, to_uri, uri_words
+from ..render.content import replace_image_sources
 from ..render.template import Draft, Mailbox
+from .email_internals import CachingHeaderRegistry, WrittenHeader, add_header_as_is, copy_headers
+from .listheaders import URI_HEADERS, fold, is_no_post, parse_list_id, split_uris, to_uri, uri_words
 
 
 _REGISTRY = CachingHeaderRegistry()

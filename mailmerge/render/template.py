@@ -56,8 +56,8 @@ from jinja2.nodes import EvalContext
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
-from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file, resolve_list_file
 from ..errors import InvalidRow, TemplateError, did_you_mean
+from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file, resolve_list_file
 from .filters import FILTERS
 from .jinja_internals import render as render_jinja
 from ..mime.listheaders import (

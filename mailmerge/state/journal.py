@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, MailmergeError
+from ..outcome import Outcome, Status
 from .lock import CampaignLock
 from .lock import CampaignLocked as CampaignLocked  # raised by Journal.lock; long imported from here
 from .marker import SentMarker, check_journal_kept
-from ..outcome import Outcome, Status
 
 JOURNAL_FOLDER = ".mailmerge"
 JOURNAL_FILE = "journal.sqlite3"
