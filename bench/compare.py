@@ -125,7 +125,7 @@ The Bench accounts team
 """
 READ_XLSX_SNIPPET = (
     "import sys, time\n"
-    "from mailmerge.recipients import read_recipients\n"
+    "from mailmerge.sources.recipients import read_recipients\n"
     "start = time.perf_counter()\n"
     "rows = read_recipients(sys.argv[1])\n"
     "print(f'{time.perf_counter() - start:.6f} {len(rows)}')\n"

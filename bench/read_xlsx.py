@@ -21,7 +21,7 @@ from pathlib import Path
 
 import openpyxl
 
-from mailmerge.recipients import RecipientList, read_recipients
+from mailmerge.sources.recipients import RecipientList, read_recipients
 
 ENGINES = ("calamine", "openpyxl")
 TARGET_RATIO = 4.0

@@ -7,16 +7,26 @@ Use from Python through :class:`Campaign` (one method per command)::
     campaign = Campaign.open("list.xlsx", "invoice.txt", config="mailmerge.toml")
     result = campaign.send()
 
-The way from list to wire, one module per step::
+The way from list to wire, one package per step::
 
-    recipients  (file -> rows)
-      -> template (row -> Draft: headers, body)
-      -> message  (Draft -> EmailMessage + envelope)
-      -> transport (one SMTP session -> an Outcome per address)
-      -> report   (outcomes -> CSV)
+    sources   the list file     -> rows of text
+    render    a row             -> Draft (headers, body, files)
+    mime      a Draft           -> the message's bytes + its envelope
+    delivery  messages          -> one SMTP session (or --outbox), an Outcome per address
+    state     outcomes          -> the journal (SQLite), under the campaign's lock
+              the journal       -> the report (CSV) and the counts
+    imap      after a send      -> sent copies in the Sent folder, bounces into the journal
+    config    mailmerge.toml, the providers' presets, the password
+    cli       the commands: parse options, call Campaign, print
 
-``merge`` wires those steps for a whole list, ``campaign`` keeps the promises
-around them (lock, recovery, the list unchanged); ``cli`` only talks to the person.
+At the top, what every step shares or what wires them: ``campaign`` (the
+front door, keeping the promises: lock, recovery, the list unchanged),
+``merge`` (the steps for a whole list), ``outcome`` (the states: delivery
+makes them, state keeps them, the report and cli show them, so none of those
+owns them), ``errors`` (one hierarchy, raised everywhere) and ``untrusted``
+(text from strangers made harmless, wherever it is read or shown). The
+``*_internals`` modules (the private parts of ``email``, Jinja and
+``smtplib`` the fast paths use) sit beside the one module that uses each.
 
 The names below are imported when first used, so ``import mailmerge`` (and
 ``mailmerge --help``) does not load pandas.
@@ -36,19 +46,19 @@ _EXPORTS = {
     "Events": "campaign",
     "SendResult": "campaign",
     "Start": "campaign",
-    "Template": "template",
-    "MailTemplate": "template",
-    "Config": "config",
+    "Template": "render.template",
+    "MailTemplate": "render.template",
+    "Config": "config.file",
     "Outcome": "outcome",
     "Status": "outcome",
-    "Summary": "report",
+    "Summary": "state.report",
     "MailmergeError": "errors",
     "InputError": "errors",
     "SendError": "errors",
     "Interrupted": "errors",
-    "CampaignLocked": "journal",
-    "ListChanged": "journal",
-    "JournalLost": "marker",
+    "CampaignLocked": "state.journal",
+    "ListChanged": "state.journal",
+    "JournalLost": "state.marker",
 }
 __all__ = ["__version__", *_EXPORTS]
 
@@ -56,14 +66,14 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .campaign import Campaign, Events, SendResult, Start
-    from .config import Config
+    from .config.file import Config
     from .errors import InputError, Interrupted, MailmergeError, SendError
-    from .journal import CampaignLocked, ListChanged
-    from .marker import JournalLost
+    from .state.journal import CampaignLocked, ListChanged
+    from .state.marker import JournalLost
     from .outcome import Outcome, Status
-    from .report import Summary
-    from .template import MailTemplate
-    from .template import MailTemplate as Template
+    from .state.report import Summary
+    from .render.template import MailTemplate
+    from .render.template import MailTemplate as Template
 
 
 def __getattr__(name: str) -> Any:

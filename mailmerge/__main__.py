@@ -1,5 +1,5 @@
 """``python -m mailmerge``: the same as the ``mailmerge`` command."""
 
-from .cli import app
+from .cli.commands import app
 
 app(prog_name="mailmerge")

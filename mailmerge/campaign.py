@@ -34,23 +34,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, SendConfig, SmtpConfig, find_config, load_config
+from .config.file import Config, SendConfig, SmtpConfig, find_config, load_config
 from .errors import ConfigError, InputError, RecipientsError
-from .journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_to_send, open_view
-from .marker import SentMarker, check_journal_kept
+from .state.journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_to_send, open_view
+from .state.marker import SentMarker, check_journal_kept
 from .merge import (
     MergeResult, Plan, Work, campaign_outcomes, count_work, plan_merge, rendered_rows, send_merge, send_test,
 )
-from .outbox import Outbox
+from .delivery.outbox import Outbox
 from .outcome import Outcome
-from .pacing import StopSignal
-from .report import Summary, default_report_path, write_report
-from .template import MailTemplate, TemplateSettings, load_template, template_from_text
+from .delivery.pacing import StopSignal
+from .state.report import Summary, default_report_path, write_report
+from .render.template import MailTemplate, TemplateConfig, load_template, template_from_text
 
 if TYPE_CHECKING:
-    from .archive import BounceResult
-    from .message import OutgoingMessage
-    from .recipients import Recipient, RecipientList
+    from .imap.archive import BounceResult
+    from .mime.message import OutgoingMessage
+    from .sources.recipients import Recipient, RecipientList
 
 Rows = Iterable[Mapping[str, Any]] | Any  # a list of dicts, or a pandas DataFrame
 
@@ -75,7 +75,7 @@ class Events:
 
     def password(self, smtp: SmtpConfig, config: Config) -> str | None:
         """The password (or token) for ``smtp``, from its first source."""
-        from .credentials import find_secret
+        from .config.credentials import find_secret
 
         secret = find_secret(smtp, config.path, prompt=self.prompt)
         return secret.value if secret else None
@@ -149,9 +149,9 @@ class Campaign:
         ``rows`` instead (a list of dicts or a DataFrame), with ``journal``
         (a folder) and ``name``. ``template`` is a file's path, a template's
         text (a ``str`` with a line break), or a
-        :meth:`MailTemplate.from_string <mailmerge.template.MailTemplate.from_string>`;
+        :meth:`MailTemplate.from_string <mailmerge.render.template.MailTemplate.from_string>`;
         default: ``template`` in ``[message]`` of the config. ``config`` is a
-        path or a :class:`~mailmerge.config.Config` (default: mailmerge.toml
+        path or a :class:`~mailmerge.config.file.Config` (default: mailmerge.toml
         beside the list, then in the current folder). ``journal`` defaults to
         ``.mailmerge/`` beside the list. Raises an
         :class:`~mailmerge.errors.InputError` naming what is wrong.
@@ -164,7 +164,7 @@ class Campaign:
         settings = _load_config(config, list_path)
         folder = Path(journal) if journal is not None else journal_folder(list_path)  # type: ignore[arg-type]
         recipients = _read_list(list_path, sheet, encoding) if list_path is not None else _python_rows(rows)
-        template_settings = TemplateSettings(
+        template_settings = TemplateConfig(
             default_from=settings.message.sender, unsubscribe=settings.message.unsubscribe,
             list_id=settings.message.list_id, css=settings.message.css,
             attachments_dir=Path(attachments_dir) if attachments_dir is not None else None,
@@ -174,7 +174,7 @@ class Campaign:
         plan = plan_merge(recipients, mail, settings.send.recipient_limit)
         campaign_name = campaign_id(list_path, mail.text, name) if list_path is not None else str(name)
         marker = SentMarker(list_path) if list_path is not None else SentMarker(folder, path=folder.parent / ".mailmerge-sent")
-        notes = [f"note: {note}" for note in [*settings.notes, *recipients.notes]]
+        notes = [f"note: {note}" for note in recipients.notes]
         notes += [f"row {outcomes[0].row}: invalid: {outcomes[0].reason}" for outcomes in plan.invalid.values()]
         notes += [f"warning: {warning}" for warning in mail.url_warnings(recipients)]
         return cls(settings, plan, campaign_name, folder, list_path, marker, notes)
@@ -191,7 +191,7 @@ class Campaign:
         """Connect, secure the connection, log in and quit (sends nothing);
         ``step`` hears each step that went well. ``password``: default from
         :meth:`Events.password`. Raises a :class:`~mailmerge.errors.SendError`."""
-        from .transport import SmtpSession
+        from .delivery.smtp import SmtpSession
 
         events = events or Events()
         smtp = self.config.require_server()
@@ -323,7 +323,7 @@ class Campaign:
         since ``since`` (2d, 12h, 1w, 2026-11-20 or a date) and mark them in the
         journal: a bounced address is never sent again. Nothing in the inbox
         changes unless ``move_to`` names a folder to move them to."""
-        from .archive import collect_bounces, parse_since
+        from .imap.archive import collect_bounces, parse_since
 
         if not self.config.imap.host:
             raise ConfigError("bounces needs [imap] in mailmerge.toml (host or provider, username)")
@@ -337,16 +337,15 @@ class Campaign:
                 session.close()
 
     def imap_session(self, password: str | None = None, *, events: Events | None = None) -> Any:
-        """An open :class:`~mailmerge.imap.ImapSession` for ``[imap]`` of the config."""
-        from .archive import imap_config
-        from .credentials import find_imap_secret
-        from .imap import ImapSession
+        """An open :class:`~mailmerge.imap.session.ImapSession` for ``[imap]`` of the config."""
+        from .config.credentials import find_imap_secret
+        from .imap.session import ImapSession
 
         events = events or Events()
         if password is None:
             password = find_imap_secret(self.config.imap, self.config.smtp, self.config.path,
                                         prompt=events.prompt).value
-        session = ImapSession(imap_config(self.config.imap), password, log=events.log)
+        session = ImapSession(self.config.imap, password, log=events.log)
         session.open()
         return session
 
@@ -362,7 +361,7 @@ def _load_config(config: str | Path | Config | None, list_path: Path | None) -> 
 
 
 def _read_list(path: Path, sheet: str | None, encoding: str | None) -> RecipientList:
-    from .recipients import read_recipients  # pandas is loaded here, not by `import mailmerge`
+    from .sources.recipients import read_recipients  # pandas is loaded here, not by `import mailmerge`
 
     return read_recipients(path, sheet=sheet, encoding=encoding)
 
@@ -370,7 +369,7 @@ def _read_list(path: Path, sheet: str | None, encoding: str | None) -> Recipient
 def _python_rows(rows: Rows) -> RecipientList:
     """Rows given from Python, as a list read from a file would be: every value
     as the text a spreadsheet shows (42, not 42.0; 2026-11-27; "" for None)."""
-    from .recipients import Recipient, RecipientList, cell_text
+    from .sources.recipients import Recipient, RecipientList, cell_text
 
     if hasattr(rows, "columns") and hasattr(rows, "itertuples"):  # a pandas DataFrame
         columns = [str(name) for name in rows.columns]
@@ -385,7 +384,7 @@ def _python_rows(rows: Rows) -> RecipientList:
     return RecipientList(Path("rows"), columns, held)
 
 
-def _load_template(template: str | Path | MailTemplate | None, config: Config, settings: TemplateSettings) -> MailTemplate:
+def _load_template(template: str | Path | MailTemplate | None, config: Config, settings: TemplateConfig) -> MailTemplate:
     if isinstance(template, MailTemplate):  # made without the config: parsed again with it
         return template_from_text(template.text, template.path, settings)
     if isinstance(template, str) and "\n" in template:

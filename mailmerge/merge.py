@@ -19,18 +19,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from .config import RecipientLimit, SendConfig, SmtpConfig
+from .config.file import RecipientLimit, SendConfig, SmtpConfig
 from .errors import ConnectionLost, InvalidRow, SendError
-from .journal import Entry, Journal, ListChanged, row_hash
-from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_address, check_addresses
-from .outbox import Outbox, OutboxWriter
+from .state.journal import Entry, Journal, ListChanged, row_hash
+from .mime.message import EnvelopeRecipient, OutgoingMessage, build_message, check_address, check_addresses
+from .delivery.outbox import Outbox, OutboxWriter
 from .outcome import Outcome, Status
-from .pacing import Pacer, StopSignal
-from .template import Draft, MailTemplate
-from .transport import Job, SmtpClient, SmtpSession
+from .delivery.pacing import Pacer, StopSignal
+from .render.template import Draft, MailTemplate
+from .delivery.smtp import Job, SmtpClient, SmtpSession
 
 if TYPE_CHECKING:  # types only: the reader (and pandas) is loaded when a list is read
-    from .recipients import Recipient, RecipientList
+    from .sources.recipients import Recipient, RecipientList
 
 
 def render_row(template: MailTemplate, recipient: Recipient) -> OutgoingMessage | list[Outcome]:
@@ -203,19 +203,17 @@ class Work:
     rows: int  # rows in the list
     done: int  # rows whose every address is settled: sent, refused, unknown, bounced
     to_send: int  # rows with at least one address left to send
-    unknown: int  # rows with an address in state unknown
     invalid: int
 
 
 def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False) -> Work:
     """Count what is already done and what is left, and stop when the list
     changed under a row that was already sent."""
-    done = to_send = unknown = 0
+    done = to_send = 0
     for recipient, journaled in _read_journaled_rows(plan, journal):
         if recipient.row in plan.invalid:
             continue
         _check_unchanged(plan, recipient, journaled)
-        unknown += any(e.state is Status.UNKNOWN for e in journaled)
         if not journaled:  # the common case: no rendering
             to_send += 1
         elif _row_is_done(recipient, journaled, resend_unknown) or not _left(
@@ -224,7 +222,7 @@ def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False
             done += 1
         else:
             to_send += 1
-    return Work(len(plan.recipients), done, to_send, unknown, len(plan.invalid))
+    return Work(len(plan.recipients), done, to_send, len(plan.invalid))
 
 
 # --- sending ---------------------------------------------------------------------
@@ -427,7 +425,7 @@ def send_merge(
 ) -> MergeResult:
     """Send what is left of the campaign through one SMTP session (or
     ``settings.connections`` sessions side by side), or write it to an
-    :class:`~mailmerge.outbox.Outbox` folder.
+    :class:`~mailmerge.delivery.outbox.Outbox` folder.
 
     Skips every address the journal has as sent, refused or unknown (unless
     ``resend_unknown``); a connection or login error before the first message

@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import PASSWORD, USER, run_cli
 from smtp_server import SmtpTestServer
 
-from mailmerge.config import load_config
+from mailmerge.config.file import load_config
 
 DATA = Path(__file__).parent / "data"
 

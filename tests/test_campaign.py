@@ -16,10 +16,10 @@ from conftest import PASSWORD, USER, write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
 from mailmerge import Campaign, Events, ListChanged, Status, Template
-from mailmerge.config import SendConfig
+from mailmerge.config.file import SendConfig
 from mailmerge.errors import EXIT_CODES, AuthenticationError, ConnectionLost, InputError, Interrupted, exit_code_of
-from mailmerge.journal import Journal, row_hash
 from mailmerge.outcome import Outcome
+from mailmerge.state.journal import Journal, row_hash
 
 TEMPLATE = """\
 Subject: Hello {{ name }}

@@ -9,7 +9,7 @@ import pytest
 from conftest import PASSWORD, run_cli, write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
-from mailmerge.config import load_config
+from mailmerge.config.file import load_config
 
 TEMPLATE = "From: Club <club@example.com>\nSubject: Hi {{ name }}\nTo: {{ name }} <{{ email }}>\n\nHello {{ name }}, you owe {{ amount }}.\n"
 

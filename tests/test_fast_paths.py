@@ -2,7 +2,7 @@
 
 mailmerge builds messages, renders templates and talks SMTP through a few
 internals of the email package, Jinja and smtplib (each family in one module:
-mailmerge/email_internals.py, jinja_internals.py, smtplib_internals.py). These
+mailmerge/mime/email_internals.py, render/jinja_internals.py, delivery/smtplib_internals.py). These
 tests make the same things through the documented APIs and compare: a Python
 or Jinja upgrade that changes what the internals do fails here.
 
@@ -38,13 +38,13 @@ import pytest
 from jinja2.sandbox import SandboxedEnvironment
 from smtp_server import SmtpTestServer
 
-from mailmerge.config import SmtpConfig
-from mailmerge.filters import FILTERS
-from mailmerge.jinja_internals import render
-from mailmerge.message import EnvelopeRecipient, OutgoingMessage, build_message
+from mailmerge.config.file import SmtpConfig
+from mailmerge.delivery.smtp import SmtpSession
+from mailmerge.mime.message import EnvelopeRecipient, OutgoingMessage, build_message
 from mailmerge.outcome import Status
-from mailmerge.template import Draft, Mailbox
-from mailmerge.transport import SmtpSession
+from mailmerge.render.filters import FILTERS
+from mailmerge.render.jinja_internals import render
+from mailmerge.render.template import Draft, Mailbox
 
 DATE = "Mon, 02 Mar 2026 10:00:00 +0900"
 MESSAGE_ID = "<fast.path@example.com>"

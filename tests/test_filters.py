@@ -1,4 +1,4 @@
-"""Tests for mailmerge/filters.py: date, money, number and first_name, alone
+"""Tests for mailmerge/render/filters.py: date, money, number and first_name, alone
 and through a real template render."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from mailmerge.errors import TemplateError
-from mailmerge.filters import FILTERS, date, first_name, money, number
-from mailmerge.recipients import Recipient
-from mailmerge.template import Draft, Mailbox, load_template
+from mailmerge.render.filters import FILTERS, date, first_name, money, number
+from mailmerge.render.template import Draft, Mailbox, load_template
+from mailmerge.sources.recipients import Recipient
 
 SENDER = "club@example.com"
 

@@ -25,7 +25,7 @@ from conftest import run_cli, write_config, write_template, write_xlsx
 from imap_server import DovecotServer, dovecot_binary
 from smtp_server import SmtpTestServer
 
-from mailmerge.imap import parse_bounce
+from mailmerge.imap.session import parse_bounce
 
 pytestmark = pytest.mark.skipif(dovecot_binary() is None, reason="dovecot is not installed (apt-get install -y dovecot-imapd)")
 

@@ -19,8 +19,8 @@ import trustme
 from conftest import run_cli, write_config, write_template, write_xlsx
 from smtp_server import ReceivedMessage, SmtpTestServer
 
-from mailmerge.content import resolve_list_file
 from mailmerge.errors import InvalidRow
+from mailmerge.render.content import resolve_list_file
 
 DATA = Path(__file__).parent / "data"
 SECRET = "MAILMERGE_PASSWORD=hunter2-very-secret"

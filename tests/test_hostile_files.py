@@ -26,7 +26,7 @@ import pytest
 from conftest import run_cli, write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
-from mailmerge.recipients import EXCEL_MAX_UNPACKED, checked_excel_copy, read_recipients
+from mailmerge.sources.recipients import EXCEL_MAX_UNPACKED, checked_excel_copy, read_recipients
 from mailmerge.untrusted import FORMULA_STARTS, from_spreadsheet, spreadsheet_safe, visible
 
 TITLE = "\x1b]0;pwned\x07"  # sets the terminal window's title

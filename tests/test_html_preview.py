@@ -19,10 +19,10 @@ from urllib.parse import unquote
 import pytest
 from conftest import write_template, write_xlsx
 
-from mailmerge.htmlpreview import write_html_preview
+from mailmerge.cli.htmlpreview import write_html_preview
 from mailmerge.merge import Plan, plan_merge
-from mailmerge.recipients import read_recipients
-from mailmerge.template import load_template
+from mailmerge.render.template import load_template
+from mailmerge.sources.recipients import read_recipients
 
 DATA = Path(__file__).parent / "data"
 EVIL = "<script>alert(1)</script>"

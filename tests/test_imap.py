@@ -18,21 +18,21 @@ from pathlib import Path
 import pytest
 from conftest import PASSWORD, USER
 
-import mailmerge.imap
+import mailmerge.imap.session
 from imap_server import DovecotServer, dovecot_binary
 
-from mailmerge.imap import (
+from mailmerge.config.file import ImapConfig
+from mailmerge.imap.session import (
     Bounce,
-    ImapConfig,
+    Folder,
     ImapError,
     ImapSession,
-    Mailbox,
     find_sent_by_name,
     mutf7_decode,
     mutf7_encode,
     parse_bounce,
     parse_list_reply,
-    quote_mailbox,
+    quote_folder,
 )
 
 DSN = Path(__file__).parent / "data" / "dsn"
@@ -204,9 +204,9 @@ def test_modified_utf7_leaves_invalid_names_alone() -> None:
 
 
 def test_quote_mailbox() -> None:
-    assert quote_mailbox("Sent Items") == '"Sent Items"'
-    assert quote_mailbox("보낸메일함") == '"&vPSwuLpUx3zVaA-"'
-    assert quote_mailbox('a"b\\c') == '"a\\"b\\\\c"'
+    assert quote_folder("Sent Items") == '"Sent Items"'
+    assert quote_folder("보낸메일함") == '"&vPSwuLpUx3zVaA-"'
+    assert quote_folder('a"b\\c') == '"a\\"b\\\\c"'
 
 
 def test_parse_list_reply_quoted_literal_and_nil() -> None:
@@ -221,15 +221,15 @@ def test_parse_list_reply_quoted_literal_and_nil() -> None:
 
 
 def test_sent_by_name_prefers_usual_order_and_knows_inbox_prefixes() -> None:
-    def boxes(*names: str) -> list[Mailbox]:
-        return [Mailbox(name, frozenset({"\\hasnochildren"}), ".") for name in names]
+    def boxes(*names: str) -> list[Folder]:
+        return [Folder(name, frozenset({"\\hasnochildren"}), ".") for name in names]
 
     assert find_sent_by_name(boxes("INBOX", "Sent Items", "Sent")) == "Sent"
     assert find_sent_by_name(boxes("INBOX", "INBOX.Sent Items", "Drafts")) == "INBOX.Sent Items"
     assert find_sent_by_name(boxes("INBOX", "INBOX/sent messages")) == "INBOX/sent messages"
     assert find_sent_by_name(boxes("INBOX", "보낸메일함")) == "보낸메일함"
     assert find_sent_by_name(boxes("INBOX", "Sentinel", "Archive/Sent")) is None
-    assert find_sent_by_name([Mailbox("Sent", frozenset({"\\noselect"}), "/")]) is None
+    assert find_sent_by_name([Folder("Sent", frozenset({"\\noselect"}), "/")]) is None
 
 
 # --- no server needed: connection failures never hang --------------------------------
@@ -397,7 +397,7 @@ def test_a_big_mail_in_the_inbox_is_read_only_in_part(
     """find_bounces reads the first BOUNCE_BYTES (1 MB) of each message: a
     6 MB mail beside a bounce stays within a reply limit lowered to 4 MB for
     this test, and the bounce is still found."""
-    monkeypatch.setattr(mailmerge.imap, "MAX_REPLY_BYTES", 4 << 20)
+    monkeypatch.setattr(mailmerge.imap.session, "MAX_REPLY_BYTES", 4 << 20)
     server = make_server(users={USER: PASSWORD}).start()
     line = b"x" * 76 + b"\r\n"
     server.put("INBOX", b"From: a@example.org\r\nSubject: holiday photos\r\n"

@@ -16,7 +16,7 @@ import pytest
 from conftest import PASSWORD, run_cli, write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
-from mailmerge.journal import JOURNAL_FILE, Journal, campaign_id
+from mailmerge.state.journal import JOURNAL_FILE, Journal, campaign_id
 
 TEMPLATE = "From: Club <club@example.com>\nSubject: News for {{ name }}\nTo: {{ name }} <{{ email }}>\n\nHello {{ name }}\n"
 
@@ -240,7 +240,7 @@ def test_journal_fsync_sets_synchronous_full_on_the_journal_of_a_send(
             seen.append(self._db.execute("PRAGMA synchronous").fetchone()[0])
             super().close()
 
-    monkeypatch.setattr("mailmerge.journal.Journal", Watched)
+    monkeypatch.setattr("mailmerge.state.journal.Journal", Watched)
     run = run_cli("send", xlsx, "-t", template, "--yes")
 
     assert run.exit_code == 0, run.output

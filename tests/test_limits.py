@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli, write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
-from mailmerge.config import load_config
+from mailmerge.config.file import load_config
 from mailmerge.errors import ConfigError
 
 TEMPLATE = "Subject: Club news\nTo: {{ email }}\n\nHello\n"

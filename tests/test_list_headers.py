@@ -21,9 +21,9 @@ from postfix_server import PostfixServer
 from smtp_server import SmtpTestServer
 
 from mailmerge.errors import InvalidRow
-from mailmerge.listheaders import URI_HEADERS
-from mailmerge.message import build_message
-from mailmerge.template import Draft, Mailbox
+from mailmerge.mime.listheaders import URI_HEADERS
+from mailmerge.mime.message import build_message
+from mailmerge.render.template import Draft, Mailbox
 
 SIG = "9f2c" * 16  # a 64-character signature, as a one-click link carries
 ONE_CLICK = "https://club.example.com/unsubscribe/one-click?list=news&email={{ email | urlencode }}&sig={{ sig }}"

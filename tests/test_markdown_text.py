@@ -14,9 +14,9 @@ import pytest
 from conftest import run_cli, write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
-from mailmerge.content import html_to_text
-from mailmerge.recipients import Recipient
-from mailmerge.template import MailTemplate, load_template
+from mailmerge.render.content import html_to_text
+from mailmerge.render.template import MailTemplate, load_template
+from mailmerge.sources.recipients import Recipient
 
 DATA = Path(__file__).parent / "data"
 

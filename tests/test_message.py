@@ -1,4 +1,4 @@
-"""Tests for mailmerge/message.py: a Draft becomes the bytes on the wire and an envelope."""
+"""Tests for mailmerge/mime/message.py: a Draft becomes the bytes on the wire and an envelope."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 from email_validator import EmailNotValidError, validate_email
 
 from mailmerge.errors import InvalidRow
-from mailmerge.message import (
+from mailmerge.mime.message import (
     EnvelopeRecipient,
     OutgoingMessage,
     build_message,
     check_address,
     preview_text,
 )
-from mailmerge.template import Draft, Mailbox
+from mailmerge.render.template import Draft, Mailbox
 
 SUBJECT = "3월 독서 모임 안내 📚"
 BODY = "안녕하세요 민준님,\n이번 달 책은 📚 '채식주의자'입니다.\n"

@@ -21,11 +21,11 @@ import pytest
 from conftest import write_config, write_template, write_xlsx
 from smtp_server import SmtpTestServer
 
-from mailmerge.htmlpreview import file_stem
-from mailmerge.journal import JOURNAL_FOLDER, campaign_id, journal_folder, lock_name
-from mailmerge.marker import SentMarker
-from mailmerge.pacing import StopSignal, stop_signals
-from mailmerge.report import default_report_path
+from mailmerge.cli.htmlpreview import file_stem
+from mailmerge.delivery.pacing import StopSignal, stop_signals
+from mailmerge.state.journal import JOURNAL_FOLDER, campaign_id, journal_folder, lock_name
+from mailmerge.state.marker import SentMarker
+from mailmerge.state.report import default_report_path
 
 TEMPLATE = """\
 From: Book Club <club@example.com>
@@ -52,7 +52,7 @@ runpy.run_module("mailmerge", run_name="__main__")
 HOLD_LOCK = WITHOUT_POSIX + """\
 import time
 from pathlib import Path
-from mailmerge.journal import Journal
+from mailmerge.state.journal import Journal
 journal = Journal(Path(sys.argv[1]), sys.argv[2])
 journal.lock()
 print("locked", flush=True)

@@ -17,7 +17,7 @@ from openpyxl.chart import BarChart, Reference
 from openpyxl.utils.datetime import CALENDAR_MAC_1904
 
 from mailmerge.errors import RecipientsError
-from mailmerge.recipients import RecipientList, cell_text, excel_engine, read_recipients
+from mailmerge.sources.recipients import RecipientList, cell_text, excel_engine, read_recipients
 
 Rows = list[list[Any]]
 

@@ -21,8 +21,8 @@ import pytest
 from conftest import PASSWORD, USER, run_cli, write_config, write_template, write_xlsx
 from smtp_server import Faults, SmtpTestServer
 
-from mailmerge.config import load_config
-from mailmerge.journal import JOURNAL_FILE, Journal, campaign_id
+from mailmerge.config.file import load_config
+from mailmerge.state.journal import JOURNAL_FILE, Journal, campaign_id
 
 
 @pytest.fixture(autouse=True, params=[False, True], ids=["one-by-one", "pipelined"])

@@ -15,11 +15,11 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from mailmerge.config import load_config
+from mailmerge.cli.scaffold import COPIED, FILES, ScaffoldResult, init_folder, logo_png, starter_file
+from mailmerge.config.file import load_config
+from mailmerge.config.providers import PROVIDERS
 from mailmerge.errors import InputError
-from mailmerge.providers import PROVIDERS
-from mailmerge.recipients import read_recipients
-from mailmerge.scaffold import COPIED, FILES, ScaffoldResult, init_folder, logo_png, starter_file
+from mailmerge.sources.recipients import read_recipients
 
 EXPECTED = {
     "mailmerge.toml",
@@ -275,7 +275,7 @@ def test_the_starter_files_are_in_the_package() -> None:
     for source in COPIED.values():
         assert starter_file(source).is_file(), source
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
-    assert "starter/**/*" in pyproject["tool"]["setuptools"]["package-data"]["mailmerge"]
+    assert "starter/**/*" in pyproject["tool"]["setuptools"]["package-data"]["mailmerge.cli"]
     assert not any(source.startswith(".") for source in COPIED.values())  # package-data globs skip dot files
 
 

@@ -14,7 +14,7 @@ from conftest import PASSWORD, USER, run_cli, write_config, write_template, writ
 from keyring_backend import FileKeyring
 from smtp_server import SmtpTestServer
 
-from mailmerge.config import load_config
+from mailmerge.config.file import load_config
 
 TEMPLATE = "From: Club <club@example.com>\nSubject: Hi {{ name }}\nTo: {{ name }} <{{ email }}>\n\nHello {{ name }}\n"
 WRONG = "not-the-password"

@@ -20,12 +20,12 @@ import pytest
 import smtp_server
 from smtp_server import Faults, SmtpTestServer
 
-from mailmerge.config import SmtpConfig
+from mailmerge.config.file import SmtpConfig
+from mailmerge.delivery.smtp import Job, SmtpSession
 from mailmerge.errors import ConnectionLost
-from mailmerge.message import EnvelopeRecipient, OutgoingMessage, build_message
+from mailmerge.mime.message import EnvelopeRecipient, OutgoingMessage, build_message
 from mailmerge.outcome import Outcome, Status
-from mailmerge.template import Draft, Mailbox
-from mailmerge.transport import Job, SmtpSession
+from mailmerge.render.template import Draft, Mailbox
 
 GOOD, GONE, OTHER = "ann@example.org", "gone@example.org", "bob@example.org"
 

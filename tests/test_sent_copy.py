@@ -24,10 +24,10 @@ from imap_server import DovecotServer, dovecot_binary, free_port
 from postfix_server import PostfixServer
 from smtp_server import SmtpTestServer
 
-from mailmerge.journal import Journal
-from mailmerge.message import build_message
+from mailmerge.mime.message import build_message
 from mailmerge.outcome import Outcome, Status
-from mailmerge.template import Draft, Mailbox
+from mailmerge.render.template import Draft, Mailbox
+from mailmerge.state.journal import Journal
 
 needs_dovecot = pytest.mark.skipif(dovecot_binary() is None, reason="dovecot is not installed (apt-get install -y dovecot-imapd)")
 

@@ -19,8 +19,8 @@ import pytest
 from conftest import PASSWORD, REFUSED, run_cli, write_config, write_template, write_xlsx
 from smtp_server import Faults, SmtpTestServer
 
-from mailmerge.journal import JOURNAL_FILE
 from mailmerge.outcome import Status, row_status
+from mailmerge.state.journal import JOURNAL_FILE
 
 TEMPLATE = (
     "From: Club <club@example.com>\nSubject: Invoice for {{ name }}\nTo: {{ name }} <{{ email }}>\n"

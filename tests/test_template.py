@@ -1,4 +1,4 @@
-"""Tests for mailmerge/template.py: parsing a template file and rendering rows."""
+"""Tests for mailmerge/render/template.py: parsing a template file and rendering rows."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mailmerge.errors import InvalidRow, TemplateError
-from mailmerge.recipients import Recipient
-from mailmerge.template import Draft, MailTemplate, Mailbox, load_template
+from mailmerge.render.template import Draft, MailTemplate, Mailbox, load_template
+from mailmerge.sources.recipients import Recipient
 
 SENDER = "Club <club@example.com>"
 COLUMNS = ["name", "email"]

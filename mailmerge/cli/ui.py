@@ -26,11 +26,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import MailmergeError
-from .message import OutgoingMessage, structure
-from .outcome import REPORTED, Outcome, Status, row_status
-from .report import Summary
-from .untrusted import visible
+from ..errors import MailmergeError
+from ..mime.message import OutgoingMessage, structure
+from ..outcome import REPORTED, Outcome, Status, row_status
+from ..state.report import Summary
+from ..untrusted import visible
 
 T = TypeVar("T")
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)

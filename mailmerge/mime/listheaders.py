@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import idna
 from jinja2 import Environment, TemplateSyntaxError, nodes
 
-from .errors import InvalidRow
+from ..errors import InvalidRow
 
 URI_HEADERS = ("List-Unsubscribe", "List-Help", "List-Subscribe", "List-Post", "List-Owner", "List-Archive")
 MAX_LINE = 998  # octets in a line of a message, CRLF not counted (RFC 5322 2.1.1)

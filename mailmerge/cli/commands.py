@@ -20,20 +20,20 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from . import __version__
-from .campaign import Campaign, Events, SendResult, Start
-from .config import Config, SendConfig, SmtpConfig, find_config, load_config
-from .archive import BounceResult, imap_config, parse_since, save_sent_copies
-from .credentials import find_imap_secret, find_secret, forget_password, store_password
-from .imap import ImapSession
-from .errors import ConfigError, InputError, Interrupted, MailmergeError, exit_code_of
-from .journal import Journal
-from .merge import Plan
-from .message import OutgoingMessage, preview_text, viewable_html
-from .outcome import REPORTED, Outcome
-from .pacing import parse_duration, parse_rate
-from .report import default_report_path
-from .untrusted import visible
+from .. import __version__
+from ..campaign import Campaign, Events, SendResult, Start
+from ..config.credentials import find_imap_secret, find_secret, forget_password, store_password
+from ..config.file import Config, SendConfig, SmtpConfig, find_config, load_config
+from ..delivery.pacing import parse_duration, parse_rate
+from ..errors import ConfigError, InputError, Interrupted, MailmergeError, exit_code_of
+from ..imap.archive import BounceResult, parse_since, save_sent_copies
+from ..imap.session import ImapSession
+from ..merge import Plan
+from ..mime.message import OutgoingMessage, preview_text, viewable_html
+from ..outcome import REPORTED, Outcome
+from ..state.journal import Journal
+from ..state.report import default_report_path
+from ..untrusted import visible
 from .ui import SendProgress, Ui, counts_json, message_json, out, rows_json, summary_table
 
 EXIT_OK, EXIT_REFUSED = 0, 3  # what the rows' states end in; an error's code comes from errors.EXIT_CODES
@@ -282,7 +282,7 @@ def _imap_session(ui: Ui, settings: Config, verbose: bool = False) -> ImapSessio
     prompt = (lambda text: str(typer.prompt(text, hide_input=True, err=True))) if sys.stdin.isatty() else None
     secret = ui.run(lambda: find_imap_secret(imap, settings.smtp, settings.path, prompt=prompt))
     log = (lambda line: ui.note(line, style=None)) if verbose else None
-    session = ImapSession(imap_config(imap), secret.value, log=log)
+    session = ImapSession(imap, secret.value, log=log)
     ui.run(session.open)
     return session
 

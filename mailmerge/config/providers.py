@@ -3,7 +3,7 @@ what a user of each must do when the login is refused.
 
 ``provider = "gmail"`` in ``[smtp]`` fills host, port and security; the
 limits become the defaults of ``rate``, ``max_messages`` and
-``max_recipients_per_message`` unless set (see ``config.load_config``).
+``max_recipients_per_message`` unless set (see ``config.file.load_config``).
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import RecipientsError, did_you_mean
-from .untrusted import from_spreadsheet
+from ..errors import RecipientsError, did_you_mean
+from ..untrusted import from_spreadsheet
 
 CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
 EXCEL_SUFFIXES = {".xlsx", ".xlsm"}

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
-from .listheaders import LIST_ID_FORM, parse_list_id
-from .pacing import Backoff, parse_duration, parse_rate
+from ..delivery.pacing import Backoff, parse_duration, parse_rate
+from ..errors import ConfigError, did_you_mean
+from ..mime.listheaders import LIST_ID_FORM, parse_list_id
 from .providers import PROVIDERS
 
 CONFIG_NAME = "mailmerge.toml"
@@ -108,15 +108,16 @@ class SendConfig:
 
 
 @dataclass
-class ImapSettings:
-    """The [imap] section: a copy of each sent message in the Sent folder, and bounces."""
+class ImapConfig:
+    """The [imap] section: how to reach and log in to the IMAP server, a copy
+    of each sent message in the Sent folder, and bounces."""
 
     host: str = ""  # empty: no IMAP
     port: int = 993
-    security: str = "ssl"  # "ssl" | "starttls"
+    security: str = "ssl"  # "ssl" (TLS from the start, port 993) | "starttls" (port 143)
     username: str | None = None
-    ca_file: Path | None = None
-    timeout: float = 30.0
+    ca_file: Path | None = None  # a private certificate authority to trust
+    timeout: float = 30.0  # seconds for any one network read or write
     save_sent: bool = False
     sent_folder: str | None = None  # default: the folder flagged \Sent, else the usual names
 
@@ -139,9 +140,8 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     send: SendConfig = field(default_factory=SendConfig)
     message: MessageConfig = field(default_factory=MessageConfig)
-    imap: ImapSettings = field(default_factory=ImapSettings)
+    imap: ImapConfig = field(default_factory=ImapConfig)
     path: Path | None = None
-    notes: list[str] = field(default_factory=list)  # for the user: what was assumed
 
     def require_server(self) -> SmtpConfig:
         """The SMTP settings, or a ConfigError saying how to give them."""
@@ -401,7 +401,7 @@ def _smtp_config(data: dict[str, Any], base: Path, where: str) -> SmtpConfig:
     return config
 
 
-def _imap_config(data: dict[str, Any], smtp: SmtpConfig, base: Path, where: str) -> ImapSettings:
+def _imap_config(data: dict[str, Any], smtp: SmtpConfig, base: Path, where: str) -> ImapConfig:
     """[imap]: a provider preset (or the SMTP provider's) fills host and port;
     the username defaults to the SMTP one."""
     name = (_text(data, "provider", where) or smtp.provider or "").lower()
@@ -409,7 +409,7 @@ def _imap_config(data: dict[str, Any], smtp: SmtpConfig, base: Path, where: str)
     if name and preset is None:
         raise ConfigError(f"{where}: [imap] provider = '{name}' is not one of {', '.join(PROVIDERS)}"
                           f"{did_you_mean(name, PROVIDERS)}")
-    settings = ImapSettings(host=str(data.get("host", preset.imap_host if preset else "")))
+    settings = ImapConfig(host=str(data.get("host", preset.imap_host if preset else "")))
     settings.security = str(data.get("security", "ssl")).lower()
     if settings.security not in ("ssl", "starttls"):
         raise ConfigError(f"{where}: [imap] security = '{settings.security}' is not ssl or starttls")

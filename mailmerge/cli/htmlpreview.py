@@ -24,11 +24,11 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import InvalidRow
-from .merge import Plan, rendered_rows
-from .message import OutgoingMessage, structure, viewable_html
-from .outcome import Outcome
-from .recipients import Recipient
+from ..errors import InvalidRow
+from ..merge import Plan, rendered_rows
+from ..mime.message import OutgoingMessage, structure, viewable_html
+from ..outcome import Outcome
+from ..sources.recipients import Recipient
 
 INDEX_NAME = "index.html"
 # Characters kept in a file name: the rest of the address becomes "_".

@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, MailmergeError
+from ..errors import InputError, MailmergeError
+from ..outcome import Outcome, Status
 from .lock import CampaignLock
 from .lock import CampaignLocked as CampaignLocked  # raised by Journal.lock; long imported from here
 from .marker import SentMarker, check_journal_kept
-from .outcome import Outcome, Status
 
 JOURNAL_FOLDER = ".mailmerge"
 JOURNAL_FILE = "journal.sqlite3"
@@ -189,7 +189,7 @@ def open_to_send(
     ``marker`` is given for a real send (not ``--outbox``): when it says this
     campaign already sent messages and the journal has no trace of them (it was
     deleted, emptied or replaced), this stops with
-    :class:`~mailmerge.marker.JournalLost` instead of sending everyone again,
+    :class:`~mailmerge.state.marker.JournalLost` instead of sending everyone again,
     unless ``restart`` (the person asked to send again to everyone).
     """
     if marker is not None and not restart and not (folder / JOURNAL_FILE).exists():
@@ -239,7 +239,7 @@ class Journal:
         self, folder: Path, campaign: str, *, fsync: bool = False, marker: SentMarker | None = None
     ) -> None:
         """Open (or create) the journal in ``folder``. ``marker``: a real send,
-        whose first message is recorded there (see :mod:`mailmerge.marker`)."""
+        whose first message is recorded there (see :mod:`mailmerge.state.marker`)."""
         self.folder = folder
         self.campaign = campaign
         self.fsync = fsync  # sync each in-flight mark to disk (safe across a power cut)
@@ -285,7 +285,7 @@ class Journal:
 
     def lock(self) -> None:
         """Take the campaign's lock, or raise :class:`CampaignLocked` at once when
-        another run has it (see :mod:`mailmerge.lock`: the operating system
+        another run has it (see :mod:`mailmerge.state.lock`: the operating system
         releases it if the process dies)."""
         self._lock.acquire()
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ImapSettings, SmtpConfig, dotenv_values
-from .errors import ConfigError
+from ..errors import ConfigError
+from .file import ImapConfig, SmtpConfig, dotenv_values
 
 PASSWORD_VARIABLE = "MAILMERGE_PASSWORD"
 TOKEN_VARIABLE = "MAILMERGE_OAUTH2_TOKEN"
@@ -157,7 +157,7 @@ IMAP_PASSWORD_VARIABLE = "MAILMERGE_IMAP_PASSWORD"
 
 
 def find_imap_secret(
-    imap: ImapSettings,
+    imap: ImapConfig,
     smtp: SmtpConfig,
     config_path: Path | None,
     environ: Mapping[str, str] = os.environ,

@@ -1,6 +1,6 @@
 """What the fast message path takes from inside Python's ``email`` package.
 
-:mod:`mailmerge.message` builds each message with ``EmailMessage`` but skips
+:mod:`mailmerge.mime.message` builds each message with ``EmailMessage`` but skips
 the work the public API repeats for every row: the header registry parses
 every value it is given and refolds it when the message is written out, and
 ``set_content`` parses back the headers it has just written. Here, the

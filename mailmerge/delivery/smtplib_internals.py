@@ -13,7 +13,7 @@ What they rely on, beyond smtplib's documented API:
 - ``SMTP._host`` is the TLS server name that ``starttls()`` and SMTPS check
   the certificate against: :func:`connect` sets it, because the client is
   made without a host (so that the greeting is logged too and a 4xx or 5xx
-  greeting reaches :class:`~mailmerge.transport.SmtpSession`, which says
+  greeting reaches :class:`~mailmerge.delivery.smtp.SmtpSession`, which says
   what it means and still says QUIT);
 - ``SMTP.sock``, the connection's socket: :func:`socket_of` returns it for
   TCP_NODELAY (the end of DATA goes out at once, not 40 ms later) and for

@@ -39,29 +39,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, HeaderParser
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from .errors import MailmergeError
-from .providers import PROVIDERS
+from ..config.file import ImapConfig
+from ..config.providers import PROVIDERS
+from ..errors import MailmergeError
 
 
 class ImapError(MailmergeError):
     """The IMAP server could not be reached, refused the login, or refused a
     command (exit 1)."""
-
-
-@dataclass
-class ImapConfig:
-    """How to reach and log in to the IMAP server."""
-
-    host: str
-    port: int = 993
-    security: str = "ssl"  # "ssl" (TLS from the start, port 993) | "starttls" (port 143)
-    username: str | None = None
-    ca_file: Path | None = None  # a private certificate authority to trust
-    timeout: float = 30.0  # seconds for any one network read or write
 
 
 @dataclass(frozen=True)
@@ -148,7 +136,7 @@ def mutf7_decode(name: str) -> str:
         return name
 
 
-def quote_mailbox(name: str) -> str:
+def quote_folder(name: str) -> str:
     """A mailbox name ready for an IMAP command: encoded, then quoted (imaplib
     sends arguments as they are, so ``Sent Items`` would be two arguments)."""
     encoded = mutf7_encode(name)
@@ -160,7 +148,7 @@ def _quote(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Mailbox:
+class Folder:
     """One line of a LIST reply."""
 
     name: str  # the human form (decoded)
@@ -178,11 +166,11 @@ def _unquote(text: str) -> str:
     return text
 
 
-def parse_list_reply(data: list[Any]) -> list[Mailbox]:
-    """The mailboxes of a LIST reply as imaplib returns it: one bytes line
+def parse_list_reply(data: list[Any]) -> list[Folder]:
+    """The folders of a LIST reply as imaplib returns it: one bytes line
     per mailbox, or a (line, name) tuple when the server sent the name as a
     literal."""
-    mailboxes = []
+    folders = []
     for item in data:
         line, literal = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
         match = _LIST_LINE.match(line) if isinstance(line, bytes) else None
@@ -192,14 +180,14 @@ def parse_list_reply(data: list[Any]) -> list[Mailbox]:
         name = _unquote(raw_name.decode("utf-8", "replace").strip())
         delimiter = _unquote(match["delimiter"].decode("ascii", "replace"))
         attributes = frozenset(match["attributes"].decode("ascii", "replace").lower().split())
-        mailboxes.append(Mailbox(mutf7_decode(name), attributes, "" if delimiter == "NIL" else delimiter))
-    return mailboxes
+        folders.append(Folder(mutf7_decode(name), attributes, "" if delimiter == "NIL" else delimiter))
+    return folders
 
 
-def find_sent_by_name(mailboxes: list[Mailbox]) -> str | None:
-    """The Sent folder among ``mailboxes`` by one of :data:`SENT_NAMES`
+def find_sent_by_name(folders: list[Folder]) -> str | None:
+    """The Sent folder among ``folders`` by one of :data:`SENT_NAMES`
     (also as ``INBOX.Sent``, ``INBOX/Sent``), or None."""
-    usable = [box for box in mailboxes if "\\noselect" not in box.attributes]
+    usable = [box for box in folders if "\\noselect" not in box.attributes]
     for wanted in SENT_NAMES:
         for prefix in ("", "inbox.", "inbox/"):
             for box in usable:
@@ -512,9 +500,9 @@ class ImapSession:
         """SELECT (or EXAMINE, which can change nothing) ``folder``."""
         verb = "read" if readonly else "open"
         self._command(f"{verb} the folder '{folder}'",
-                      lambda imap: imap.select(quote_mailbox(folder), readonly=readonly))
+                      lambda imap: imap.select(quote_folder(folder), readonly=readonly))
 
-    def list_mailboxes(self, *, special_use: bool = False) -> list[Mailbox]:
+    def list_folders(self, *, special_use: bool = False) -> list[Folder]:
         """Every mailbox (LIST "" "*"), or only those with a special use
         (LIST (SPECIAL-USE) "" "*", RFC 6154)."""
         if special_use:  # imaplib's list() cannot send selection options
@@ -530,14 +518,14 @@ class ImapSession:
         if override:
             return override
         if "SPECIAL-USE" in self.capabilities:
-            flagged = _flagged_sent(self.list_mailboxes(special_use=True))
+            flagged = _flagged_sent(self.list_folders(special_use=True))
             if flagged is not None:
                 return flagged
-        mailboxes = self.list_mailboxes()  # servers without SPECIAL-USE may still flag it
-        found = _flagged_sent(mailboxes) or find_sent_by_name(mailboxes)
+        folders = self.list_folders()  # servers without SPECIAL-USE may still flag it
+        found = _flagged_sent(folders) or find_sent_by_name(folders)
         if found is not None:
             return found
-        names = ", ".join(box.name for box in mailboxes) or "none"
+        names = ", ".join(box.name for box in folders) or "none"
         raise ImapError(
             f"cannot tell which folder on {self.config.host} holds sent messages: none is flagged "
             f"\\Sent and none is named {', '.join(SENT_NAMES)}. Its folders: {names}. "
@@ -550,7 +538,7 @@ class ImapSession:
         when = imaplib.Time2Internaldate(internal_date(date_header))
         try:
             self._command(f"save the message in '{folder}'",
-                          lambda imap: imap.append(quote_mailbox(folder), r"(\Seen)", when, message))
+                          lambda imap: imap.append(quote_folder(folder), r"(\Seen)", when, message))
         except ImapError as error:
             if "TRYCREATE" in str(error).upper():
                 raise ImapError(f"{error}; the folder does not exist: check --sent-folder "
@@ -586,7 +574,7 @@ class ImapSession:
             return
         source = source or self._examined or "INBOX"
         self._select(source, readonly=False)
-        target, uid_set = quote_mailbox(folder), ",".join(uids)
+        target, uid_set = quote_folder(folder), ",".join(uids)
         what = f"move messages to '{folder}'"
         if "MOVE" in self.capabilities:
             self._command(what, lambda imap: imap.uid("MOVE", uid_set, target))
@@ -599,8 +587,8 @@ class ImapSession:
             self._command(what, lambda imap: imap.expunge())
 
 
-def _flagged_sent(mailboxes: list[Mailbox]) -> str | None:
-    return next((box.name for box in mailboxes
+def _flagged_sent(folders: list[Folder]) -> str | None:
+    return next((box.name for box in folders
                  if "\\sent" in box.attributes and "\\noselect" not in box.attributes), None)
 
 

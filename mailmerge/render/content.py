@@ -21,7 +21,7 @@ from lxml.etree import ParserError
 from lxml.html import document_fromstring
 from markdown_it import MarkdownIt
 
-from .errors import InvalidRow
+from ..errors import InvalidRow
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": True}).enable("table")
 _TEXT_CONFIG = ParserConfig(display_links=True, display_images=False)

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SendError
-from .message import OutgoingMessage
-from .outcome import Outcome, Status
-from .transport import Job
+from ..errors import SendError
+from ..mime.message import OutgoingMessage
+from ..outcome import Outcome, Status
+from .smtp import Job
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Outbox:
 
 
 class OutboxWriter:
-    """Takes the place of :class:`~mailmerge.transport.SmtpClient` in a send:
+    """Takes the place of :class:`~mailmerge.delivery.smtp.SmtpClient` in a send:
     the same ``stream`` of jobs, written to files."""
 
     def __init__(self, outbox: Outbox) -> None:

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from .config import SmtpConfig
-from .errors import AuthenticationError, ClientRefused, ConnectError, ConnectionLost, SendError, ServerBusy
-from .message import EnvelopeRecipient, OutgoingMessage
-from .outcome import Outcome, Status
+from ..config.file import SmtpConfig
+from ..config.providers import login_hint
+from ..errors import AuthenticationError, ClientRefused, ConnectError, ConnectionLost, SendError, ServerBusy
+from ..mime.message import EnvelopeRecipient, OutgoingMessage
+from ..outcome import Outcome, Status
 from .pacing import Backoff, StopSignal
-from .providers import login_hint
 from .smtplib_internals import LoggedSMTP, LoggedSMTP_SSL, connect, socket_of
 
 # Tried in this order; only ONE is attempted (smtplib's login() tries them all,

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from .errors import InputError, MailmergeError
+from ..errors import InputError, MailmergeError
 
 _HEADER = (
     "# mailmerge: these campaigns sent messages from {list} to a real server. Keep this file:\n"
@@ -39,8 +39,8 @@ class JournalLost(InputError):
 
 
 class OpenedJournal(Protocol):
-    """What the check needs of a journal (:class:`~mailmerge.journal.Journal`, or
-    the stand-in :func:`~mailmerge.journal.open_view` gives when there is none)."""
+    """What the check needs of a journal (:class:`~mailmerge.state.journal.Journal`, or
+    the stand-in :func:`~mailmerge.state.journal.open_view` gives when there is none)."""
 
     campaign: str
     path: Path

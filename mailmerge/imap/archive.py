@@ -22,21 +22,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .config import ImapSettings
-from .errors import InvalidRow
-from .imap import Bounce, ImapConfig, ImapSession
-from .journal import Journal
-from .merge import Plan
-from .message import build_message
-from .untrusted import visible
-
-
-def imap_config(settings: ImapSettings) -> ImapConfig:
-    """The connection part of the [imap] settings."""
-    return ImapConfig(
-        host=settings.host, port=settings.port, security=settings.security,
-        username=settings.username, ca_file=settings.ca_file, timeout=settings.timeout,
-    )
+from ..errors import InvalidRow
+from ..merge import Plan
+from ..mime.message import build_message
+from ..state.journal import Journal
+from ..untrusted import visible
+from .session import Bounce, ImapSession
 
 
 @dataclass
@@ -64,7 +55,7 @@ def save_sent_copies(
 
     A copy is the bytes that went out: the message is built again from its
     row with the Message-ID and Date the journal kept, and building is
-    deterministic (see :func:`~mailmerge.message.build_message`). Messages are
+    deterministic (see :func:`~mailmerge.mime.message.build_message`). Messages are
     built one at a time, in row order beside the list: memory stays flat.
     A row that cannot be built any more (an attachment deleted since) is
     counted in ``not_copied`` and the others go on; a later run tries again."""
@@ -99,7 +90,7 @@ def parse_since(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text.strip())
     except ValueError as error:
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"--since '{text}' is not 2d, 12h, 1w or a date such as 2026-11-20") from error
 

@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import MailmergeError
+from ..errors import MailmergeError
 
 class CampaignLocked(MailmergeError):
     """Another run of the same campaign holds the lock (exit 1)."""

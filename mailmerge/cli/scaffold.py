@@ -14,7 +14,7 @@
 Right after ``init``, with no edits, ``mailmerge preview samples/recipients.xlsx``
 and ``mailmerge send samples/recipients.xlsx --outbox outbox`` work.
 
-The text files are copied from ``mailmerge/starter/`` (shipped inside the
+The text files are copied from ``mailmerge/cli/starter/`` (shipped inside the
 package); the logo and the Excel sheet are made here (the sheet from the rows of
 the starter CSV, so both lists always hold the same rows). A file that already
 exists is never overwritten, not even by a race: every file is created with
@@ -35,11 +35,11 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 STARTER = "starter"
 
-# Destination (relative to the folder) -> source in mailmerge/starter/.
+# Destination (relative to the folder) -> source in mailmerge/cli/starter/.
 # `.env.example` and `.gitignore` are shipped without their dot: package-data globs skip dot files.
 COPIED: dict[str, str] = {
     "mailmerge.toml": "mailmerge.toml",
@@ -113,8 +113,8 @@ def init_folder(folder: Path) -> ScaffoldResult:
 
 
 def starter_file(name: str) -> Traversable:
-    """A file of ``mailmerge/starter/`` (``name`` with ``/``)."""
-    path = resources.files("mailmerge").joinpath(STARTER)
+    """A file of ``mailmerge/cli/starter/`` (``name`` with ``/``)."""
+    path = resources.files("mailmerge.cli").joinpath(STARTER)
     for part in name.split("/"):
         path = path.joinpath(part)
     return path

@@ -288,4 +288,4 @@ FILTERS: dict[str, Callable[..., str]] = {
     "number": number,
     "first_name": first_name,
 }
-"""The filters :class:`mailmerge.template.MailTemplate` adds to Jinja."""
+"""The filters :class:`mailmerge.render.template.MailTemplate` adds to Jinja."""

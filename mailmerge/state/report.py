@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .outcome import REPORTED, Outcome, Status, row_status
-from .untrusted import spreadsheet_safe, visible
+from ..outcome import REPORTED, Outcome, Status, row_status
+from ..untrusted import spreadsheet_safe, visible
 
 COLUMNS = ("row", "address", "field", "status", "code", "reason", "message_id")
 

@@ -1,11 +1,11 @@
-"""Turn a :class:`~mailmerge.template.Draft` into an :class:`email.message.EmailMessage`
+"""Turn a :class:`~mailmerge.render.template.Draft` into an :class:`email.message.EmailMessage`
 and its envelope (who it is from and to whom it goes, Bcc included).
 
 Non-ASCII subjects and display names are encoded per RFC 2047 (``policy.SMTP``);
 an address whose local part is not ASCII (``josé@example.com``) needs SMTPUTF8,
 and then the whole message is written in UTF-8 (``policy.SMTPUTF8``). The Bcc
 addresses are in the envelope, never in a header. List headers (URIs in angle
-brackets, List-Id) are folded here, never encoded: see :mod:`mailmerge.listheaders`.
+brackets, List-Id) are folded here, never encoded: see :mod:`mailmerge.mime.listheaders`.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
-from .config import RecipientLimit
-from .content import replace_image_sources
+from ..config.file import RecipientLimit
+from ..errors import InvalidRow
+from ..render.content import replace_image_sources
+from ..render.template import Draft, Mailbox
 from .email_internals import CachingHeaderRegistry, WrittenHeader, add_header_as_is, copy_headers
-from .errors import InvalidRow
 from .listheaders import URI_HEADERS, fold, is_no_post, parse_list_id, split_uris, to_uri, uri_words
-from .template import Draft, Mailbox
 
 
 _REGISTRY = CachingHeaderRegistry()

@@ -30,11 +30,11 @@ Lists are written by strangers, so a value from the list is text, never markup:
 - In a URI header (``List-Unsubscribe``, ``List-Help``...) the template's text
   alone says where each URI begins and ends; a value stays inside its URI,
   percent-encoded where a URI may not hold the character (see
-  :mod:`mailmerge.listheaders`).
+  :mod:`mailmerge.mime.listheaders`).
 - A file named by the list (an ``Attachment:`` or ``Style:`` made with Jinja, an
   ``<img src>`` not written in the template) is looked up only in the
   attachments folder, and never a hidden file or one of the config's secrets
-  (see :func:`~mailmerge.content.resolve_list_file`).
+  (see :func:`~mailmerge.render.content.resolve_list_file`).
 """
 
 from __future__ import annotations
@@ -56,17 +56,17 @@ from jinja2.nodes import EvalContext
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
+from ..errors import InvalidRow, TemplateError, did_you_mean
 from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file, resolve_list_file
-from .errors import InvalidRow, TemplateError, did_you_mean
 from .filters import FILTERS
 from .jinja_internals import render as render_jinja
-from .listheaders import (
+from ..mime.listheaders import (
     LIST_ID_FORM, URI_HEADERS, describe_chars, is_no_post, needs_encoding, parse_list_id, raw_url_columns,
     split_uris, to_uri,
 )
 
 if TYPE_CHECKING:  # only a type here: importing it would load pandas for every command
-    from .recipients import Recipient
+    from ..sources.recipients import Recipient
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
 # Headers mailmerge writes itself; a template that sets them is wrong.
@@ -268,7 +268,7 @@ class _Sandbox(SandboxedEnvironment):
 
 
 @dataclass
-class TemplateSettings:
+class TemplateConfig:
     """What the config adds to every template."""
 
     default_from: str | None = None  # [message] from
@@ -284,16 +284,16 @@ class MailTemplate:
 
     def __init__(
         self, path: Path, parts: list[_Part], kind: BodyKind, content_type: str,
-        settings: TemplateSettings | None = None, text: str = "",
+        config: TemplateConfig | None = None, text: str = "",
     ) -> None:
         self.path = path
         self.folder = path.parent
         self.text = text  # the file's text: part of the campaign's identity
         self.kind = kind
         self.content_type = content_type  # the full header, for hand-written MIME bodies
-        self.settings = settings or TemplateSettings()
-        self.list_folder = self.settings.attachments_dir or self.folder  # where files named by the list are
-        self._protected = {path.resolve(): what for path, what in self.settings.protected.items()}
+        self.config = config or TemplateConfig()
+        self.list_folder = self.config.attachments_dir or self.folder  # where files named by the list are
+        self._protected = {path.resolve(): what for path, what in self.config.protected.items()}
         self._placeholders = _Placeholders()
         self._body_values = _BodyValues()
         self._env = _Sandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
@@ -302,8 +302,8 @@ class MailTemplate:
         self._html_env = self._env.overlay(autoescape=True, finalize=self._body_values.finalize)
         self._html_env.filters = {name: self._body_values.guard(name, f) for name, f in self._env.filters.items()}
         self.parts = parts
-        defaults = {"From": self.settings.default_from, "List-Unsubscribe": self.settings.unsubscribe,
-                    "List-Id": self.settings.list_id}
+        defaults = {"From": self.config.default_from, "List-Unsubscribe": self.config.unsubscribe,
+                    "List-Id": self.config.list_id}
         for name, value in defaults.items():
             if value and not any(p.name == name for p in parts):
                 self.parts.insert(0, _Part(name, value, []))
@@ -325,13 +325,13 @@ class MailTemplate:
     @classmethod
     def from_string(
         cls, text: str, *, name: str = "template.txt", folder: Path | str | None = None,
-        settings: TemplateSettings | None = None,
+        config: TemplateConfig | None = None,
     ) -> MailTemplate:
         """A template from its text instead of a file. ``name``'s suffix gives
         the body's kind when the text has no Content-Type (.txt, .html, .md);
         files it names (attachments, images) are looked for in ``folder``
         (default: the current folder)."""
-        return template_from_text(text, Path(folder or Path.cwd()) / name, settings)
+        return template_from_text(text, Path(folder or Path.cwd()) / name, config)
 
     def check_columns(self, columns: list[str], first_row: int) -> None:
         """Fail when the template uses a name that is not a column.
@@ -410,8 +410,8 @@ class MailTemplate:
         if not draft.to and not draft.cc and not draft.bcc:
             raise InvalidRow("no recipient address (the To header is empty)")
         if draft.html is not None:
-            if self.settings.css:
-                css = _read_css(self.settings.css) + css
+            if self.config.css:
+                css = _read_css(self.config.css) + css
             draft.html = inline_css(draft.html, css)
             for src in local_images(draft.html):
                 # An <img src> the template does not write came from a value (|safe, an attribute).
@@ -423,7 +423,7 @@ class MailTemplate:
         """The file an Attachment, Style or image names (see the module's docstring)."""
         if not from_list:
             return resolve_file(text, self.folder, what=what)
-        hint = "" if self.settings.attachments_dir else " (or pass --attachments-dir DIR)"
+        hint = "" if self.config.attachments_dir else " (or pass --attachments-dir DIR)"
         return resolve_list_file(text, self.list_folder, what=what, protected=self._protected, hint=hint)
 
     def _render_body(self, part: _Part, recipient: Recipient, draft: Draft) -> set[str]:
@@ -524,7 +524,7 @@ class MailTemplate:
 
     def _render_uris(self, part: _Part, recipient: Recipient) -> list[tuple[str, str]]:
         """A URI list header (RFC 2369), each URI checked and percent-encoded
-        (see :mod:`mailmerge.listheaders`). List-Unsubscribe with an https
+        (see :mod:`mailmerge.mime.listheaders`). List-Unsubscribe with an https
         address also gets List-Unsubscribe-Post (RFC 8058), which Gmail and
         Yahoo require from bulk senders."""
         self._placeholders.values = []
@@ -683,14 +683,14 @@ def _error_line(error: BaseException) -> int | None:
     return found
 
 
-def load_template(path: Path | str, settings: TemplateSettings | None = None, *, default_from: str | None = None) -> MailTemplate:
+def load_template(path: Path | str, config: TemplateConfig | None = None, *, default_from: str | None = None) -> MailTemplate:
     """Read and parse a template file.
 
-    ``settings`` carries what the config adds (default From, unsubscribe
+    ``config`` carries what the config adds (default From, unsubscribe
     address, stylesheet, attachments folder); ``default_from`` is a shortcut.
     """
     path = Path(path)
-    settings = settings or TemplateSettings(default_from=default_from)
+    config = config or TemplateConfig(default_from=default_from)
     try:
         raw = path.read_bytes()
     except FileNotFoundError as error:
@@ -703,16 +703,16 @@ def load_template(path: Path | str, settings: TemplateSettings | None = None, *,
         raise TemplateError(
             f"{path}: the template is not UTF-8 (byte {error.start}); save it as UTF-8"
         ) from error
-    return template_from_text(text, path, settings)
+    return template_from_text(text, path, config)
 
 
-def template_from_text(text: str, path: Path, settings: TemplateSettings | None = None) -> MailTemplate:
+def template_from_text(text: str, path: Path, config: TemplateConfig | None = None) -> MailTemplate:
     """Parse a template's ``text``. ``path`` names it in errors, its suffix
     says the body's kind when there is no Content-Type header (.txt, .html,
     .md), and its folder is where the files it names are looked for."""
     parts, content_type = parse_template(text, path)
     kind = _body_kind(content_type, path)
-    return MailTemplate(path, parts, kind, content_type, settings, text)
+    return MailTemplate(path, parts, kind, content_type, config, text)
 
 
 def _body_kind(content_type: str, path: Path) -> BodyKind:
