@@ -45,6 +45,7 @@ from .outbox import Outbox
 from .outcome import Outcome
 from .pacing import StopSignal
 from .report import Summary, default_report_path, write_report
+from .spool import spool_folder
 from .template import MailTemplate, TemplateSettings, load_template, template_from_text
 
 if TYPE_CHECKING:
@@ -171,7 +172,9 @@ class Campaign:
             protected=_protected_files(settings, list_path, folder),
         )
         mail = _load_template(template, settings, template_settings)
-        plan = plan_merge(recipients, mail, settings.send.recipient_limit)
+        # The drafts are spooled beside the list (or the journal): /tmp is often memory.
+        near = list_path.parent if list_path is not None else folder.parent
+        plan = plan_merge(recipients, mail, settings.send.recipient_limit, spool_in=spool_folder(near))
         campaign_name = campaign_id(list_path, mail.text, name) if list_path is not None else str(name)
         marker = SentMarker(list_path) if list_path is not None else SentMarker(folder, path=folder.parent / ".mailmerge-sent")
         notes = [f"note: {note}" for note in [*settings.notes, *recipients.notes]]

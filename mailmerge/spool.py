@@ -1,0 +1,99 @@
+"""A spool: records written once, in order, to a temporary file, and read back
+in order as often as needed, so a list of a million rows is read (and each
+row rendered) once without being held in memory.
+
+The file has no name on Linux and is deleted by the system when it is closed
+or the process dies (:func:`tempfile.TemporaryFile`). It goes into the folder
+given (the list's folder: /tmp is often memory, see :func:`spool_folder`).
+Records are pickled: the file is this process's own, made private and never
+read by another, so nothing from outside is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Generic, TypeVar
+
+Record = TypeVar("Record")
+
+_SIZE = 4  # bytes of the length before each record
+_BLOCK = 1 << 20  # read this much at a time
+
+
+class Spool(Generic[Record]):
+    """Append records, then iterate over them in order, any number of times
+    (also several iterations at once, from any thread)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self._file = _temporary_file(folder)
+        self._lock = threading.Lock()
+        self._end = 0  # bytes written
+        self.count = 0  # records written
+
+    def append(self, record: Record) -> None:
+        """Write one record at the end."""
+        data = pickle.dumps(record, pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self._file.seek(self._end)
+            self._file.write(len(data).to_bytes(_SIZE, "little"))
+            self._file.write(data)
+            self._end += _SIZE + len(data)
+            self.count += 1
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk."""
+        return self._end
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Record]:
+        # Each iteration keeps its own place in the file and reads a block at a
+        # time: a few reads a megabyte, whoever else reads meanwhile.
+        position, end = 0, self._end
+        buffer, offset = memoryview(b""), 0
+        while position < end or offset < len(buffer):
+            if offset + _SIZE <= len(buffer):
+                size = int.from_bytes(buffer[offset:offset + _SIZE], "little")
+                if offset + _SIZE + size <= len(buffer):
+                    yield pickle.loads(buffer[offset + _SIZE:offset + _SIZE + size])
+                    offset += _SIZE + size
+                    continue
+                wanted = max(_BLOCK, offset + _SIZE + size - len(buffer))
+            else:
+                wanted = _BLOCK
+            with self._lock:
+                self._file.seek(position)
+                block = self._file.read(min(wanted, end - position))
+            if not block:
+                raise OSError(f"the spool {self._file.name} ends early")  # the file was cut: never by us
+            position += len(block)
+            buffer, offset = memoryview(bytes(buffer[offset:]) + block), 0
+
+    def close(self) -> None:
+        """Delete the file (the system deletes it too when the process ends)."""
+        self._file.close()
+
+
+def spool_folder(near: Path | None) -> Path | None:
+    """Where to put a spool: the folder ``near`` when it can be written to
+    (the list's: a disk that holds the list); else None, the system's temporary
+    folder (TMPDIR), which may be memory (tmpfs)."""
+    if near is not None and near.is_dir() and os.access(near, os.W_OK):
+        return near
+    return None
+
+
+def _temporary_file(folder: Path | None) -> IO[bytes]:
+    try:
+        return tempfile.TemporaryFile(prefix=".mailmerge-", suffix=".spool", dir=folder)
+    except OSError:
+        if folder is None:
+            raise
+        return tempfile.TemporaryFile(prefix=".mailmerge-", suffix=".spool")
