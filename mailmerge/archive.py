@@ -71,13 +71,14 @@ def save_sent_copies(
     counted in ``not_copied`` and the others go on; a later run tries again."""
     result = CopyResult(folder=session.sent_folder(folder))
     rows = plan.rows()
-    recipient, draft = next(rows, (None, None))
+    planned = next(rows, None)
     for row, message_id, date in journal.copy_missing():
-        while recipient is not None and recipient.row < row:
-            recipient, draft = next(rows, (None, None))
-        if recipient is None or recipient.row != row:
+        while planned is not None and planned.recipient.row < row:
+            planned = next(rows, None)
+        if planned is None or planned.recipient.row != row:
             result._failed(row, "the row is no longer in the list")
             continue
+        draft = planned.draft
         if draft is None:  # the row does not render any more
             result._failed(row, plan.invalid[row][0].reason)
             continue
@@ -89,7 +90,7 @@ def save_sent_copies(
         session.append(result.folder, message.as_bytes(), date)
         journal.mark_copied(message_id, result.folder)
         result.appended += 1
-        on_copy(recipient.row)
+        on_copy(row)
     return result
 
 

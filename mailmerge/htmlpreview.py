@@ -79,7 +79,8 @@ def write_html_preview(plan: Plan, folder: Path) -> Path:
     with index.open("w", encoding="utf-8", newline="\n") as out:
         out.write(_index_head(plan))
         ok = invalid = 0
-        for recipient, draft in plan.rows():
+        for planned in plan.rows():
+            recipient, draft = planned.recipient, planned.draft
             rendered = message_of(plan, recipient, draft)
             if isinstance(rendered, OutgoingMessage):
                 line = _write_message(rendered, folder)

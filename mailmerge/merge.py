@@ -29,7 +29,7 @@ from .message import EnvelopeRecipient, OutgoingMessage, build_message, check_ad
 from .outbox import Outbox, OutboxWriter
 from .outcome import Outcome, Status
 from .pacing import Pacer, StopSignal
-from .spool import Spool, spool_folder
+from .spool import Spool, pack, spool_folder, unpack
 from .template import Draft, MailTemplate
 from .transport import Job, SmtpClient, SmtpSession
 
@@ -55,6 +55,21 @@ def invalid_outcomes(row: int, draft: Draft | None, error: InvalidRow) -> list[O
     ]
 
 
+class PlannedRow:
+    """A row of the list with its draft as the plan rendered it."""
+
+    __slots__ = ("recipient", "_packed")
+
+    def __init__(self, recipient: Recipient, packed: bytes | None) -> None:
+        self.recipient = recipient
+        self._packed = packed  # the draft stays packed until a pass asks for it (counting does not)
+
+    @property
+    def draft(self) -> Draft | None:
+        """The row's draft; None for a row that did not render (see :attr:`Plan.invalid`)."""
+        return unpack(self._packed) if self._packed is not None else None
+
+
 @dataclass
 class Plan:
     """Every row checked and rendered: which are invalid, how many will be
@@ -64,19 +79,18 @@ class Plan:
     template: MailTemplate
     invalid: dict[int, list[Outcome]] = field(default_factory=dict)  # by row number
     addresses: int = 0  # envelope recipients of the rows to send
-    drafts: Spool[tuple[int, dict[str, str], Draft | None]] = field(default_factory=Spool)  # row, values, draft
+    drafts: Spool[tuple[int, dict[str, str], bytes | None]] = field(default_factory=Spool)  # row, values, packed draft
 
     @property
     def to_send(self) -> int:
         return len(self.recipients) - len(self.invalid)
 
-    def rows(self) -> Iterator[tuple[Recipient, Draft | None]]:
-        """Every row of the list, in order, with its draft as the plan rendered
-        it (None for a row that did not render: see :attr:`invalid`)."""
+    def rows(self) -> Iterator[PlannedRow]:
+        """Every row of the list, in order, with its draft, read from disk."""
         from .recipients import Recipient
 
-        for row, values, draft in self.drafts:
-            yield Recipient(row, values), draft
+        for row, values, packed in self.drafts:
+            yield PlannedRow(Recipient(row, values), packed)
 
 
 def plan_merge(
@@ -105,7 +119,7 @@ def plan_merge(
             plan.addresses += len(check_addresses(draft, limit).envelope)
         except InvalidRow as error:
             plan.invalid[recipient.row] = invalid_outcomes(recipient.row, draft, error)
-        plan.drafts.append((recipient.row, recipient.values, draft))
+        plan.drafts.append((recipient.row, recipient.values, pack(draft) if draft is not None else None))
     return plan
 
 
@@ -125,8 +139,8 @@ def message_of(plan: Plan, recipient: Recipient, draft: Draft | None) -> Outgoin
 def rendered_rows(plan: Plan) -> Iterator[tuple[Recipient, OutgoingMessage | list[Outcome]]]:
     """Each row with its message (or its invalid outcomes), built one at a
     time from the plan's drafts."""
-    for recipient, draft in plan.rows():
-        yield recipient, message_of(plan, recipient, draft)
+    for planned in plan.rows():
+        yield planned.recipient, message_of(plan, planned.recipient, planned.draft)
 
 
 # --- what is left to send --------------------------------------------------------
@@ -197,29 +211,28 @@ def _check_unchanged(plan: Plan, recipient: Recipient, journaled: list[Entry]) -
         )
 
 
-JournaledRow = tuple["Recipient", "Draft | None", list[Entry]]
-
-
-def _journaled_rows(plan: Plan, journal: JournalView) -> Iterator[JournaledRow]:
-    """Each row of the plan with its draft and journal lines, while the journal
-    is being written (a look-up per row; none when the journal is empty)."""
+def _journaled_rows(plan: Plan, journal: JournalView) -> Iterator[tuple[Recipient, PlannedRow, list[Entry]]]:
+    """Each row of the plan with its journal lines, while the journal is being
+    written (a look-up per row; none when the journal is empty)."""
     any_lines = journal.has_lines()
-    for recipient, draft in plan.rows():
-        yield recipient, draft, journal.row_entries(recipient.row) if any_lines else []
+    for planned in plan.rows():
+        recipient = planned.recipient
+        yield recipient, planned, journal.row_entries(recipient.row) if any_lines else []
 
 
-def _read_journaled_rows(plan: Plan, journal: JournalView) -> Iterator[JournaledRow]:
+def _read_journaled_rows(plan: Plan, journal: JournalView) -> Iterator[tuple[Recipient, PlannedRow, list[Entry]]]:
     """The same, faster, when nothing writes to the journal meanwhile: the
     journal read in one pass beside the plan (both in row order)."""
     lines = journal.rows()
     found = next(lines, None)
-    for recipient, draft in plan.rows():
+    for planned in plan.rows():
+        recipient = planned.recipient
         while found is not None and found[0] < recipient.row:  # rows no longer in the list
             found = next(lines, None)
         if found is not None and found[0] == recipient.row:
-            yield recipient, draft, found[1]
+            yield recipient, planned, found[1]
         else:
-            yield recipient, draft, []
+            yield recipient, planned, []
 
 
 @dataclass(frozen=True)
@@ -237,7 +250,7 @@ def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False
     """Count what is already done and what is left, and stop when the list
     changed under a row that was already sent."""
     done = to_send = unknown = 0
-    for recipient, draft, journaled in _read_journaled_rows(plan, journal):
+    for recipient, planned, journaled in _read_journaled_rows(plan, journal):
         if recipient.row in plan.invalid:
             continue
         _check_unchanged(plan, recipient, journaled)
@@ -245,7 +258,7 @@ def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False
         if not journaled:  # the common case
             to_send += 1
         elif _row_is_done(recipient, journaled, resend_unknown) or not _left(
-            _envelope(draft), journaled, resend_unknown
+            _envelope(planned.draft), journaled, resend_unknown
         ):
             done += 1
         else:
@@ -321,9 +334,10 @@ class _Run:
 
     def _row_jobs(self, resend_unknown: bool) -> Iterator[Job]:
         """A job for each row with something left to send, built when asked for."""
-        for recipient, draft, journaled in _journaled_rows(self.plan, self.journal):
+        for recipient, planned, journaled in _journaled_rows(self.plan, self.journal):
             if recipient.row in self.plan.invalid or _row_is_done(recipient, journaled, resend_unknown):
                 continue
+            draft = planned.draft
             assert draft is not None  # a row that did not render is in plan.invalid
             addresses = check_addresses(draft)
             targets = _left(addresses.envelope, journaled, resend_unknown)
@@ -513,11 +527,11 @@ def campaign_outcomes(plan: Plan, journal: JournalView) -> Iterator[Outcome]:
     """Every address of every row, all runs together, in row order: the latest
     attempt of each row as the journal has it, the rows invalid now, and
     ``not_sent_yet`` for what was not sent yet."""
-    for recipient, draft, journaled in _read_journaled_rows(plan, journal):
+    for recipient, planned, journaled in _read_journaled_rows(plan, journal):
         if recipient.row in plan.invalid and not any(e.state.reached for e in journaled):
             yield from plan.invalid[recipient.row]  # (a row sent before it turned invalid: as the journal says)
         elif not journaled:
-            for target in _envelope(draft):
+            for target in _envelope(planned.draft):
                 yield Outcome(recipient.row, target.field, target.address, Status.NOT_SENT_YET, None,
                               "not sent yet: run the same command again to send it")
         else:

@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Generic, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 Record = TypeVar("Record")
 
@@ -79,6 +79,17 @@ class Spool(Generic[Record]):
     def close(self) -> None:
         """Delete the file (the system deletes it too when the process ends)."""
         self._file.close()
+
+
+def pack(value: object) -> bytes:
+    """``value`` as bytes, to keep inside a record: a pass that does not look
+    at it does not pay for unpacking it."""
+    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(data: bytes) -> Any:
+    """The value that :func:`pack` made ``data`` of."""
+    return pickle.loads(data)
 
 
 def spool_folder(near: Path | None) -> Path | None:
