@@ -33,13 +33,16 @@ class Spool(Generic[Record]):
         self._file = _temporary_file(folder)
         self._lock = threading.Lock()
         self._end = 0  # bytes written
+        self._moved = False  # a reader moved the file's position away from the end
         self.count = 0  # records written
 
     def append(self, record: Record) -> None:
         """Write one record at the end."""
         data = pickle.dumps(record, pickle.HIGHEST_PROTOCOL)
         with self._lock:
-            self._file.seek(self._end)
+            if self._moved:  # (a seek empties the write buffer: only when needed)
+                self._file.seek(self._end)
+                self._moved = False
             self._file.write(len(data).to_bytes(_SIZE, "little"))
             self._file.write(data)
             self._end += _SIZE + len(data)
@@ -71,6 +74,7 @@ class Spool(Generic[Record]):
             with self._lock:
                 self._file.seek(position)
                 block = self._file.read(min(wanted, end - position))
+                self._moved = True
             if not block:
                 raise OSError(f"the spool {self._file.name} ends early")  # the file was cut: never by us
             position += len(block)
