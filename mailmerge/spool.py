@@ -11,6 +11,7 @@ read by another, so nothing from outside is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
@@ -19,10 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
 
+from .errors import MailmergeError
+
 Record = TypeVar("Record")
 
 _SIZE = 4  # bytes of the length before each record
 _BLOCK = 1 << 20  # read this much at a time
+
+
+class SpoolError(MailmergeError):
+    """The spool's file could not be written (a full disk)."""
 
 
 class Spool(Generic[Record]):
@@ -30,7 +37,7 @@ class Spool(Generic[Record]):
     (also several iterations at once, from any thread)."""
 
     def __init__(self, folder: Path | None = None) -> None:
-        self._file = _temporary_file(folder)
+        self._file, self.folder = _temporary_file(folder)
         self._lock = threading.Lock()
         self._end = 0  # bytes written
         self._moved = False  # a reader moved the file's position away from the end
@@ -39,7 +46,7 @@ class Spool(Generic[Record]):
     def append(self, record: Record) -> None:
         """Write one record at the end."""
         data = pickle.dumps(record, pickle.HIGHEST_PROTOCOL)
-        with self._lock:
+        with self._lock, self._writing():
             if self._moved:  # (a seek empties the write buffer: only when needed)
                 self._file.seek(self._end)
                 self._moved = False
@@ -47,6 +54,17 @@ class Spool(Generic[Record]):
             self._file.write(data)
             self._end += _SIZE + len(data)
             self.count += 1
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:
+            raise SpoolError(
+                f"{self.folder}: cannot write the temporary file that holds the checked rows "
+                f"({error.strerror or error}) after {self._end // 2**20:,} MB for {self.count:,} rows; "
+                "free some space on that disk and run again"
+            ) from error
 
     @property
     def size(self) -> int:
@@ -60,6 +78,8 @@ class Spool(Generic[Record]):
         # Each iteration keeps its own place in the file and reads a block at a
         # time: a few reads a megabyte, whoever else reads meanwhile.
         position, end = 0, self._end
+        with self._lock, self._writing():
+            self._file.flush()  # the last records written
         buffer, offset = memoryview(b""), 0
         while position < end or offset < len(buffer):
             if offset + _SIZE <= len(buffer):
@@ -105,10 +125,16 @@ def spool_folder(near: Path | None) -> Path | None:
     return None
 
 
-def _temporary_file(folder: Path | None) -> IO[bytes]:
+def _temporary_file(folder: Path | None) -> tuple[IO[bytes], Path]:
+    """The file, and the folder it is in."""
+    if folder is not None:
+        try:
+            return tempfile.TemporaryFile(prefix=".mailmerge-", suffix=".spool", dir=folder), folder
+        except OSError:
+            pass  # the system's temporary folder, then
+    where = Path(tempfile.gettempdir())
     try:
-        return tempfile.TemporaryFile(prefix=".mailmerge-", suffix=".spool", dir=folder)
-    except OSError:
-        if folder is None:
-            raise
-        return tempfile.TemporaryFile(prefix=".mailmerge-", suffix=".spool")
+        return tempfile.TemporaryFile(prefix=".mailmerge-", suffix=".spool", dir=where), where
+    except OSError as error:
+        raise SpoolError(f"{where}: cannot make a temporary file there ({error.strerror or error}); "
+                         "set TMPDIR to a folder you can write to") from error

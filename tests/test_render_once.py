@@ -15,6 +15,7 @@ import csv
 import email
 import email.policy
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -234,3 +235,25 @@ def test_the_spool_gives_back_every_record_in_order_to_each_reader(tmp_path: Pat
     assert list(spool) == records and len(spool) == 2000
     spool.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_spooling_is_said_plainly(tmp_path: Path) -> None:
+    """A real write failure: the process may write files of 64 KB at most."""
+    listing = write_list(tmp_path, rows=200)  # about 130 KB of drafts
+    template = write_template(tmp_path / "news.md", TEMPLATE)
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # a write past the limit fails (EFBIG) instead of killing
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))\n"
+        "from mailmerge.cli import app\n"
+        "sys.argv = ['mailmerge', 'send', sys.argv[1], '-t', sys.argv[2], '--dry-run']\n"
+        "app()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(listing), str(template)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=60)
+
+    assert done.returncode == 1, done.stderr
+    assert "cannot write the temporary file that holds the checked rows (File too large)" in done.stderr
+    assert "free some space on that disk" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.glob(".mailmerge-*")) == []
