@@ -46,6 +46,7 @@ from .outcome import Outcome
 from .delivery.pacing import StopSignal
 from .state.report import Summary, default_report_path, write_report
 from .render.template import MailTemplate, TemplateConfig, load_template, template_from_text
+from .spool import spool_folder
 
 if TYPE_CHECKING:
     from .imap.archive import BounceResult
@@ -171,7 +172,9 @@ class Campaign:
             protected=_protected_files(settings, list_path, folder),
         )
         mail = _load_template(template, settings, template_settings)
-        plan = plan_merge(recipients, mail, settings.send.recipient_limit)
+        # The drafts are spooled beside the list (or the journal): /tmp is often memory.
+        near = list_path.parent if list_path is not None else folder.parent
+        plan = plan_merge(recipients, mail, settings.send.recipient_limit, spool_in=spool_folder(near))
         campaign_name = campaign_id(list_path, mail.text, name) if list_path is not None else str(name)
         marker = SentMarker(list_path) if list_path is not None else SentMarker(folder, path=folder.parent / ".mailmerge-sent")
         notes = [f"note: {note}" for note in recipients.notes]

@@ -7,8 +7,10 @@ no lock, recovers no in-flight mark and does not check that the list is
 unchanged; :meth:`Campaign.send <mailmerge.campaign.Campaign.send>` does all of
 that around it, in the right order.
 
-Rows are rendered again when needed instead of being held as messages, so
-memory does not grow with the length of the list.
+Each row is rendered once per command, by :func:`plan_merge`: the drafts go
+to a :class:`~mailmerge.spool.Spool` on disk beside the list, and every later
+pass (count, send, report, Sent copies) reads them from there. Memory does not
+grow with the length of the list, and the list file is not read again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .config.file import RecipientLimit, SendConfig, SmtpConfig
@@ -26,22 +29,12 @@ from .mime.message import EnvelopeRecipient, OutgoingMessage, build_message, che
 from .delivery.outbox import Outbox, OutboxWriter
 from .outcome import Outcome, Status
 from .delivery.pacing import Pacer, StopSignal
-from .render.template import Draft, MailTemplate
 from .delivery.smtp import Job, SmtpClient, SmtpSession
+from .render.template import Draft, MailTemplate
+from .spool import Spool, pack, spool_folder, unpack
 
 if TYPE_CHECKING:  # types only: the reader (and pandas) is loaded when a list is read
     from .sources.recipients import Recipient, RecipientList
-
-
-def render_row(template: MailTemplate, recipient: Recipient) -> OutgoingMessage | list[Outcome]:
-    """Render and build one row's message; a row that cannot be sent because
-    of its data gives its ``invalid`` outcomes instead."""
-    draft: Draft | None = None
-    try:
-        draft = template.render(recipient)
-        return build_message(draft)
-    except InvalidRow as error:
-        return invalid_outcomes(recipient.row, draft, error)
 
 
 def invalid_outcomes(row: int, draft: Draft | None, error: InvalidRow) -> list[Outcome]:
@@ -62,23 +55,53 @@ def invalid_outcomes(row: int, draft: Draft | None, error: InvalidRow) -> list[O
     ]
 
 
+class PlannedRow:
+    """A row of the list with its draft as the plan rendered it."""
+
+    __slots__ = ("recipient", "_packed")
+
+    def __init__(self, recipient: Recipient, packed: bytes | None) -> None:
+        self.recipient = recipient
+        self._packed = packed  # the draft stays packed until a pass asks for it (counting does not)
+
+    @property
+    def draft(self) -> Draft | None:
+        """The row's draft; None for a row that did not render (see :attr:`Plan.invalid`)."""
+        return unpack(self._packed) if self._packed is not None else None
+
+
 @dataclass
 class Plan:
-    """Every row checked: which are invalid, how many will be sent."""
+    """Every row checked and rendered: which are invalid, how many will be
+    sent, and each row's draft (on disk: :meth:`rows`)."""
 
     recipients: RecipientList
     template: MailTemplate
     invalid: dict[int, list[Outcome]] = field(default_factory=dict)  # by row number
     addresses: int = 0  # envelope recipients of the rows to send
+    drafts: Spool[tuple[int, dict[str, str], bytes | None]] = field(default_factory=Spool)  # row, values, packed draft
 
     @property
     def to_send(self) -> int:
         return len(self.recipients) - len(self.invalid)
 
+    def rows(self) -> Iterator[PlannedRow]:
+        """Every row of the list, in order, with its draft, read from disk."""
+        from .sources.recipients import Recipient
 
-def plan_merge(recipients: RecipientList, template: MailTemplate, limit: RecipientLimit | None = None) -> Plan:
-    """Render every row before anything is sent. A row whose message would
-    have more recipients than ``limit`` allows (default: 100) is invalid.
+        for row, values, packed in self.drafts:
+            yield PlannedRow(Recipient(row, values), packed)
+
+
+def plan_merge(
+    recipients: RecipientList, template: MailTemplate, limit: RecipientLimit | None = None,
+    *, spool_in: Path | None = None,
+) -> Plan:
+    """Render every row before anything is sent, once: the drafts are kept on
+    disk, in a temporary file in ``spool_in`` (default: the list's folder,
+    else the system's temporary folder), for the rest of the command. A row
+    whose message would have more recipients than ``limit`` allows (default:
+    100) is invalid.
 
     Raises :class:`~mailmerge.errors.TemplateError` when the template uses a
     name that is not a column, or fails on a row; an invalid row is recorded
@@ -86,7 +109,7 @@ def plan_merge(recipients: RecipientList, template: MailTemplate, limit: Recipie
     """
     template.check_columns(recipients.columns, recipients.first_row)
     limit = limit or RecipientLimit()
-    plan = Plan(recipients, template)
+    plan = Plan(recipients, template, drafts=Spool(spool_in or spool_folder(recipients.path.parent)))
     for recipient in recipients:
         # Render and check addresses; building the MIME message is left to the
         # send (a row it refuses there is still reported invalid, not lost).
@@ -96,14 +119,28 @@ def plan_merge(recipients: RecipientList, template: MailTemplate, limit: Recipie
             plan.addresses += len(check_addresses(draft, limit).envelope)
         except InvalidRow as error:
             plan.invalid[recipient.row] = invalid_outcomes(recipient.row, draft, error)
+        plan.drafts.append((recipient.row, recipient.values, pack(draft) if draft is not None else None))
     return plan
 
 
+def message_of(plan: Plan, recipient: Recipient, draft: Draft | None) -> OutgoingMessage | list[Outcome]:
+    """A planned row's message, or its ``invalid`` outcomes (from the plan, or
+    when the message cannot be built)."""
+    invalid = plan.invalid.get(recipient.row)  # as the plan found it (e.g. over the recipient limit)
+    if invalid is not None:
+        return invalid
+    assert draft is not None  # a row that did not render is in plan.invalid
+    try:
+        return build_message(draft)
+    except InvalidRow as error:
+        return invalid_outcomes(recipient.row, draft, error)
+
+
 def rendered_rows(plan: Plan) -> Iterator[tuple[Recipient, OutgoingMessage | list[Outcome]]]:
-    """Each row with its message (or its invalid outcomes), rendered afresh."""
-    for recipient in plan.recipients:
-        invalid = plan.invalid.get(recipient.row)  # as the plan found it (e.g. over the recipient limit)
-        yield recipient, invalid if invalid is not None else render_row(plan.template, recipient)
+    """Each row with its message (or its invalid outcomes), built one at a
+    time from the plan's drafts."""
+    for planned in plan.rows():
+        yield planned.recipient, message_of(plan, planned.recipient, planned.draft)
 
 
 # --- what is left to send --------------------------------------------------------
@@ -119,9 +156,9 @@ class JournalView(Protocol):
     def has_lines(self) -> bool: ...
 
 
-def _envelope(plan: Plan, recipient: Recipient) -> list[EnvelopeRecipient]:
+def _envelope(draft: Draft | None) -> list[EnvelopeRecipient]:
     try:
-        return check_addresses(plan.template.render(recipient)).envelope
+        return check_addresses(draft).envelope if draft is not None else []
     except InvalidRow:
         return []  # rows invalid now are in plan.invalid
 
@@ -174,26 +211,28 @@ def _check_unchanged(plan: Plan, recipient: Recipient, journaled: list[Entry]) -
         )
 
 
-def _journaled_rows(plan: Plan, journal: JournalView) -> Iterator[tuple[Recipient, list[Entry]]]:
-    """Each row of the list with its journal lines, while the journal is being
+def _journaled_rows(plan: Plan, journal: JournalView) -> Iterator[tuple[Recipient, PlannedRow, list[Entry]]]:
+    """Each row of the plan with its journal lines, while the journal is being
     written (a look-up per row; none when the journal is empty)."""
     any_lines = journal.has_lines()
-    for recipient in plan.recipients:
-        yield recipient, journal.row_entries(recipient.row) if any_lines else []
+    for planned in plan.rows():
+        recipient = planned.recipient
+        yield recipient, planned, journal.row_entries(recipient.row) if any_lines else []
 
 
-def _read_journaled_rows(plan: Plan, journal: JournalView) -> Iterator[tuple[Recipient, list[Entry]]]:
+def _read_journaled_rows(plan: Plan, journal: JournalView) -> Iterator[tuple[Recipient, PlannedRow, list[Entry]]]:
     """The same, faster, when nothing writes to the journal meanwhile: the
-    journal read in one pass beside the list (both in row order)."""
+    journal read in one pass beside the plan (both in row order)."""
     lines = journal.rows()
     found = next(lines, None)
-    for recipient in plan.recipients:
+    for planned in plan.rows():
+        recipient = planned.recipient
         while found is not None and found[0] < recipient.row:  # rows no longer in the list
             found = next(lines, None)
         if found is not None and found[0] == recipient.row:
-            yield recipient, found[1]
+            yield recipient, planned, found[1]
         else:
-            yield recipient, []
+            yield recipient, planned, []
 
 
 @dataclass(frozen=True)
@@ -210,14 +249,14 @@ def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False
     """Count what is already done and what is left, and stop when the list
     changed under a row that was already sent."""
     done = to_send = 0
-    for recipient, journaled in _read_journaled_rows(plan, journal):
+    for recipient, planned, journaled in _read_journaled_rows(plan, journal):
         if recipient.row in plan.invalid:
             continue
         _check_unchanged(plan, recipient, journaled)
-        if not journaled:  # the common case: no rendering
+        if not journaled:  # the common case
             to_send += 1
         elif _row_is_done(recipient, journaled, resend_unknown) or not _left(
-            _envelope(plan, recipient), journaled, resend_unknown
+            _envelope(planned.draft), journaled, resend_unknown
         ):
             done += 1
         else:
@@ -293,10 +332,11 @@ class _Run:
 
     def _row_jobs(self, resend_unknown: bool) -> Iterator[Job]:
         """A job for each row with something left to send, built when asked for."""
-        for recipient, journaled in _journaled_rows(self.plan, self.journal):
+        for recipient, planned, journaled in _journaled_rows(self.plan, self.journal):
             if recipient.row in self.plan.invalid or _row_is_done(recipient, journaled, resend_unknown):
                 continue
-            draft = self.plan.template.render(recipient)
+            draft = planned.draft
+            assert draft is not None  # a row that did not render is in plan.invalid
             addresses = check_addresses(draft)
             targets = _left(addresses.envelope, journaled, resend_unknown)
             replaced = _replaced(addresses.envelope, journaled)
@@ -485,11 +525,11 @@ def campaign_outcomes(plan: Plan, journal: JournalView) -> Iterator[Outcome]:
     """Every address of every row, all runs together, in row order: the latest
     attempt of each row as the journal has it, the rows invalid now, and
     ``not_sent_yet`` for what was not sent yet."""
-    for recipient, journaled in _read_journaled_rows(plan, journal):
+    for recipient, planned, journaled in _read_journaled_rows(plan, journal):
         if recipient.row in plan.invalid and not any(e.state.reached for e in journaled):
             yield from plan.invalid[recipient.row]  # (a row sent before it turned invalid: as the journal says)
         elif not journaled:
-            for target in _envelope(plan, recipient):
+            for target in _envelope(planned.draft):
                 yield Outcome(recipient.row, target.field, target.address, Status.NOT_SENT_YET, None,
                               "not sent yet: run the same command again to send it")
         else:

@@ -24,8 +24,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from ..errors import InvalidRow
-from ..merge import Plan, rendered_rows
+from ..merge import Plan, message_of
 from ..mime.message import OutgoingMessage, structure, viewable_html
 from ..outcome import Outcome
 from ..sources.recipients import Recipient
@@ -72,20 +71,22 @@ def write_html_preview(plan: Plan, folder: Path) -> Path:
     """Write a page and an ``.eml`` file per row of ``plan``, and ``index.html``,
     into ``folder`` (made if missing; files of an earlier preview are replaced).
 
-    Rows are rendered one at a time, as for a send, so memory does not grow
-    with the list. Returns the path of ``index.html``.
+    Messages are built one at a time from the plan's drafts, as for a send,
+    so memory does not grow with the list. Returns the path of ``index.html``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     index = folder / INDEX_NAME
     with index.open("w", encoding="utf-8", newline="\n") as out:
         out.write(_index_head(plan))
         ok = invalid = 0
-        for recipient, rendered in rendered_rows(plan):
+        for planned in plan.rows():
+            recipient, draft = planned.recipient, planned.draft
+            rendered = message_of(plan, recipient, draft)
             if isinstance(rendered, OutgoingMessage):
                 line = _write_message(rendered, folder)
                 ok += 1
             else:
-                line = _write_invalid(plan, recipient, rendered, folder)
+                line = _write_invalid(recipient, draft.subject if draft is not None else "", rendered, folder)
                 invalid += 1
             out.write(_index_row(line))
         out.write(_index_foot(ok, invalid))
@@ -121,11 +122,11 @@ def _write_message(outgoing: OutgoingMessage, folder: Path) -> _IndexLine:
     return _IndexLine(outgoing.row, _recipient_lines(outgoing), subject, "", f"{stem}.html")
 
 
-def _write_invalid(plan: Plan, recipient: Recipient, outcomes: list[Outcome], folder: Path) -> _IndexLine:
-    """Write the page of a row that will not be sent, saying why."""
+def _write_invalid(recipient: Recipient, subject: str, outcomes: list[Outcome], folder: Path) -> _IndexLine:
+    """Write the page of a row that will not be sent, saying why (``subject``:
+    "" when the row did not render)."""
     reason = outcomes[0].reason if outcomes else "invalid"
     addresses = [f"{o.field}: {o.address}" if o.field else o.address for o in outcomes if o.address]
-    subject = _subject_of(plan, recipient)
     stem = file_stem(recipient.row, next((o.address for o in outcomes if o.address), ""))
     rows = [("Status", f'<span class="invalid">invalid, will not be sent: {escape(reason)}</span>')]
     if addresses:
@@ -142,14 +143,6 @@ def _write_invalid(plan: Plan, recipient: Recipient, outcomes: list[Outcome], fo
     )
     (folder / f"{stem}.html").write_text(_page(f"Row {recipient.row}: invalid", body), encoding="utf-8", newline="\n")
     return _IndexLine(recipient.row, addresses, subject, reason, f"{stem}.html")
-
-
-def _subject_of(plan: Plan, recipient: Recipient) -> str:
-    """The subject of an invalid row, when the row renders at all."""
-    try:
-        return plan.template.render(recipient).subject
-    except InvalidRow:
-        return ""
 
 
 def _header(message: EmailMessage, name: str) -> str:

@@ -56,27 +56,32 @@ def save_sent_copies(
     A copy is the bytes that went out: the message is built again from its
     row with the Message-ID and Date the journal kept, and building is
     deterministic (see :func:`~mailmerge.mime.message.build_message`). Messages are
-    built one at a time, in row order beside the list: memory stays flat.
+    built one at a time from the plan's drafts (each row rendered once per
+    command), in row order: memory stays flat.
     A row that cannot be built any more (an attachment deleted since) is
     counted in ``not_copied`` and the others go on; a later run tries again."""
     result = CopyResult(folder=session.sent_folder(folder))
-    recipients = iter(plan.recipients)
-    recipient = next(recipients, None)
+    rows = plan.rows()
+    planned = next(rows, None)
     for row, message_id, date in journal.copy_missing():
-        while recipient is not None and recipient.row < row:
-            recipient = next(recipients, None)
-        if recipient is None or recipient.row != row:
+        while planned is not None and planned.recipient.row < row:
+            planned = next(rows, None)
+        if planned is None or planned.recipient.row != row:
             result._failed(row, "the row is no longer in the list")
             continue
+        draft = planned.draft
+        if draft is None:  # the row does not render any more
+            result._failed(row, plan.invalid[row][0].reason)
+            continue
         try:
-            message = build_message(plan.template.render(recipient), message_id=message_id, date=date)
+            message = build_message(draft, message_id=message_id, date=date)
         except InvalidRow as error:
             result._failed(row, error.reason)
             continue
         session.append(result.folder, message.as_bytes(), date)
         journal.mark_copied(message_id, result.folder)
         result.appended += 1
-        on_copy(recipient.row)
+        on_copy(row)
     return result
 
 

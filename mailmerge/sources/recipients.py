@@ -16,18 +16,20 @@ import datetime as dt
 import importlib.util
 import io
 import math
+import os
 import re
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
 from ..errors import RecipientsError, did_you_mean
+from ..spool import Spool, spool_folder
 from ..untrusted import from_spreadsheet
 
 CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
@@ -47,35 +49,35 @@ class Recipient:
 class RecipientList:
     """The rows of a list, its column names, and what the reader had to assume.
 
-    Iterating gives the rows in order, as often as needed: an Excel sheet is
-    held in memory, a CSV file is read again each time in chunks, so a list of
-    a million rows does not need a million rows in memory.
+    Iterating gives the rows in order, as often as needed. A list read from a
+    file is read once, into a :class:`~mailmerge.spool.Spool` on disk: a list
+    of a million rows is neither held in memory nor parsed again.
     """
 
     def __init__(
         self,
         path: Path,
         columns: list[str],
-        rows: Iterable[Recipient] | Callable[[], Iterator[Recipient]],
+        rows: Iterable[Recipient] | Spool[tuple[int, dict[str, str]]],
         notes: list[str] | None = None,
-        *,
-        count: int | None = None,
     ) -> None:
         self.path = path
         self.columns = columns
         self.notes = notes or []
-        if callable(rows):
-            self._read_again: Callable[[], Iterator[Recipient]] | None = rows
+        if isinstance(rows, Spool):
+            self._spool: Spool[tuple[int, dict[str, str]]] | None = rows
             self._held: list[Recipient] | None = None
         else:
-            self._read_again, self._held = None, list(rows)
-        self.count = len(self._held) if self._held is not None else (count or 0)
+            self._spool, self._held = None, list(rows)
+        self.count = len(self._held) if self._held is not None else len(rows)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return self.count
 
     def __iter__(self) -> Iterator[Recipient]:
-        return iter(self._held) if self._held is not None else self._read_again()  # type: ignore[misc]
+        if self._held is not None:
+            return iter(self._held)
+        return (Recipient(row, values) for row, values in self._spool)  # type: ignore[union-attr]
 
     @property
     def rows(self) -> list[Recipient]:
@@ -117,9 +119,8 @@ def read_recipients(
     notes: list[str] = []
     if suffix in EXCEL_SUFFIXES:
         table = _read_excel_table(path, sheet, engine or excel_engine())
-        return _to_recipients(path, lambda: iter([table]), notes, excel=True, hold=True)
-    chunks = _csv_chunks(path, encoding, notes)
-    return _to_recipients(path, chunks, notes, excel=False, hold=False)
+        return _to_recipients(path, iter([table]), notes, excel=True)
+    return _to_recipients(path, _csv_chunks(path, encoding, notes), notes, excel=False)
 
 
 # --- Excel -----------------------------------------------------------------
@@ -205,15 +206,24 @@ def checked_excel_copy(path: Path, folder: Path) -> Path:
     again into ``folder``; return the copy's path. Raises
     :class:`RecipientsError` (one line, naming the limit) for a file that is
     not a workbook, is damaged, or goes past a limit."""
-    with path.open("rb") as handle:
-        magic = handle.read(4)
+    try:
+        handle = path.open("rb")  # opened once: the file checked is the file read
+    except OSError as error:
+        raise RecipientsError(f"{path}: cannot read the file ({error.strerror or error})") from error
+    with handle:
+        return _checked_copy(path, handle, folder)
+
+
+def _checked_copy(path: Path, handle: IO[bytes], folder: Path) -> Path:
+    magic = handle.read(4)
     if magic == _OLE_MAGIC:
         raise RecipientsError(_unreadable(path, "an old .xls file, or a workbook with a password"))
     if magic != _ZIP_MAGIC:
         raise RecipientsError(_unreadable(path, "not a zip archive, as every .xlsx is"))
+    handle.seek(0)
     copy = folder / f"checked{path.suffix.lower()}"
     try:
-        with zipfile.ZipFile(path) as archive, \
+        with zipfile.ZipFile(handle) as archive, \
                 zipfile.ZipFile(copy, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as checked:
             parts = [info for info in archive.infolist() if not info.is_dir()]
             _check_declared(path, parts)
@@ -359,37 +369,36 @@ def _looks_binary(text: str) -> bool:
     return found > 3 and found * 1000 > len(text)
 
 
-def _csv_chunks(path: Path, encoding: str | None, notes: list[str]) -> Callable[[], Iterator[list[list[Any]]]]:
-    """Find the encoding and delimiter from the file's start; return a function
-    that reads the whole file, in chunks of rows, each time it is called."""
+def _csv_chunks(path: Path, encoding: str | None, notes: list[str]) -> Iterator[list[list[Any]]]:
+    """Read the whole file in chunks of rows, through one opening of it: its
+    start tells the encoding and the delimiter, then pandas reads it all."""
     try:
-        with path.open("rb") as handle:
-            sample = handle.read(CSV_SAMPLE_BYTES)
-        size = path.stat().st_size
+        handle = path.open("rb")
     except OSError as error:
         raise RecipientsError(f"{path}: cannot read the file ({error.strerror})") from error
-    if sample.startswith((_ZIP_MAGIC, _OLE_MAGIC)):
-        raise RecipientsError(f"{path}: this is an Excel file, not a CSV file; rename it to .xlsx")
-    text, used, guessed = decode_text(sample, encoding, path, partial=size > len(sample))
-    if _looks_binary(text):
-        raise RecipientsError(
-            f"{path}: not a text file (it is full of NUL bytes); "
-            "a CSV list is text: save it from your spreadsheet as 'CSV UTF-8'"
-        )
-    if guessed:
-        notes.append(
-            f"{path.name}: not UTF-8; read it as {used} ({ENCODING_NAMES.get(used, used)}). "
-            "If names look wrong, pass --encoding."
-        )
-    delimiter = sniff_delimiter(text)
-    stamp = _stamp(path)
-
-    def chunks() -> Iterator[list[list[Any]]]:
-        if _stamp(path) != stamp:
-            raise RecipientsError(f"{path}: the file changed while mailmerge was using it; run again")
+    with handle:
+        try:
+            sample = handle.read(CSV_SAMPLE_BYTES)
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(0)
+        except OSError as error:
+            raise RecipientsError(f"{path}: cannot read the file ({error.strerror})") from error
+        if sample.startswith((_ZIP_MAGIC, _OLE_MAGIC)):
+            raise RecipientsError(f"{path}: this is an Excel file, not a CSV file; rename it to .xlsx")
+        text, used, guessed = decode_text(sample, encoding, path, partial=size > len(sample))
+        if _looks_binary(text):
+            raise RecipientsError(
+                f"{path}: not a text file (it is full of NUL bytes); "
+                "a CSV list is text: save it from your spreadsheet as 'CSV UTF-8'"
+            )
+        if guessed:
+            notes.append(
+                f"{path.name}: not UTF-8; read it as {used} ({ENCODING_NAMES.get(used, used)}). "
+                "If names look wrong, pass --encoding."
+            )
         try:
             reader = pd.read_csv(
-                path, sep=delimiter, encoding=used, header=None, dtype=str, keep_default_na=False,
+                handle, sep=sniff_delimiter(text), encoding=used, header=None, dtype=str, keep_default_na=False,
                 na_filter=False, skip_blank_lines=False, chunksize=CSV_CHUNK_ROWS,
             )
             with reader:
@@ -405,8 +414,6 @@ def _csv_chunks(path: Path, encoding: str | None, notes: list[str]) -> Callable[
                 "pass --encoding (utf-8, cp949 or cp1252)"
             ) from error
 
-    return chunks
-
 
 def _parser_error(path: Path, error: Exception) -> str:
     """pandas' complaint about a CSV file, said for a person, in one line."""
@@ -418,11 +425,6 @@ def _parser_error(path: Path, error: Exception) -> str:
         return (f"{path}: the rows do not line up: line {fields[2]} has {fields[3]} values, the first {fields[1]}; "
                 "a value with the delimiter in it needs quotes around it")
     return f"{path}: cannot read this CSV file ({text.removeprefix('Error tokenizing data. ')})"
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    info = path.stat()
-    return info.st_size, info.st_mtime_ns
 
 
 ENCODING_NAMES = {
@@ -596,17 +598,15 @@ def _column_letters(number: int) -> str:
 
 
 def _to_recipients(
-    path: Path, tables: Callable[[], Iterator[Sequence[Sequence[Any]]]], notes: list[str],
-    *, excel: bool, hold: bool,
+    path: Path, tables: Iterator[Sequence[Sequence[Any]]], notes: list[str], *, excel: bool,
 ) -> RecipientList:
-    """Turn chunks of raw cells (header row first) into a RecipientList: read
-    them once to find and check the header and count the rows; then keep the
-    rows (``hold``) or read them again at each iteration."""
+    """Turn chunks of raw cells (header row first) into a RecipientList, in one
+    pass: find and check the header, check every row, and write the rows to a
+    spool beside the list, from which every later pass reads them."""
     columns: list[str | None] | None = None
     header_at = 0  # the header's row number in the sheet
-    count = 0
-    held: list[Recipient] = []
-    for number, row in _numbered_rows(tables()):
+    spool: Spool[tuple[int, dict[str, str]]] = Spool(spool_folder(path.parent))
+    for number, row in _numbered_rows(tables):
         if columns is None:
             if any(value.strip() for value in row):
                 columns, header_at = _columns(path, row, number, excel, notes), number
@@ -619,24 +619,12 @@ def _to_recipients(
                     f"{path}: {_column_name(index, excel)} has values but no name in row "
                     f"{header_at}; give it a name"
                 )
-        count += 1
-        if hold:
-            held.append(_recipient(number, row, columns))
+        spool.append((number, _values(row, columns)))
     if columns is None:
         raise RecipientsError(f"{path}: the list is empty; put column names in the first row")
-    if not count:
+    if not spool.count:
         raise RecipientsError(f"{path}: the list has column names but no rows")
-    named = [c for c in columns if c]
-    if hold:
-        return RecipientList(path, named, held, notes)
-    header = columns
-
-    def read_again() -> Iterator[Recipient]:
-        for number, row in _numbered_rows(tables()):
-            if number > header_at and any(value.strip() for value in row):
-                yield _recipient(number, row, header)
-
-    return RecipientList(path, named, read_again, notes, count=count)
+    return RecipientList(path, [c for c in columns if c], spool, notes)
 
 
 def _numbered_rows(tables: Iterator[Sequence[Sequence[Any]]]) -> Iterator[tuple[int, list[str]]]:
@@ -654,8 +642,8 @@ def _numbered_rows(tables: Iterator[Sequence[Sequence[Any]]]) -> Iterator[tuple[
             yield number, row
 
 
-def _recipient(number: int, row: list[str], columns: list[str | None]) -> Recipient:
-    return Recipient(number, {name: (row[i] if i < len(row) else "") for i, name in enumerate(columns) if name})
+def _values(row: list[str], columns: list[str | None]) -> dict[str, str]:
+    return {name: (row[i] if i < len(row) else "") for i, name in enumerate(columns) if name}
 
 
 def _columns(path: Path, header: list[str], number: int, excel: bool, notes: list[str]) -> list[str | None]:
