@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config.file import Config, SendConfig, SmtpConfig, find_config, load_config
-from .errors import ConfigError, InputError, RecipientsError
+from .errors import ConfigError, InputError, MailmergeError, RecipientsError
 from .state.journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_to_send, open_view
 from .state.marker import SentMarker, check_journal_kept
 from .merge import (
@@ -49,7 +49,7 @@ from .render.template import MailTemplate, TemplateConfig, load_template, templa
 from .spool import spool_folder
 
 if TYPE_CHECKING:
-    from .imap.archive import BounceResult
+    from .imap.archive import BounceResult, CopyResult
     from .mime.message import OutgoingMessage
     from .sources.recipients import Recipient, RecipientList
 
@@ -90,9 +90,9 @@ class Events:
     def notify(self, text: str) -> None:
         """News for the person while sending: a pause, a retry, a reconnection."""
 
-    def sent(self, campaign: Campaign, journal: Journal) -> None:
-        """After a real send (also one with nothing left to send), the campaign
-        still locked: the CLI saves the Sent copies here."""
+    def saving_copies(self) -> None:
+        """Called after a real send, before the Sent copies are saved
+        ([imap] save_sent): the IMAP login may ask for a password."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ class SendResult(MergeResult):
     dry_run: bool = False  # nothing was sent on purpose
     cancelled: bool = False  # :meth:`Events.starting` said no
     summary: Summary | None = None  # the report's counts, when send() wrote one
+    copies: CopyResult | None = None  # the Sent copies saved ([imap] save_sent, or sent_folder=)
+    copies_error: MailmergeError | None = None  # why they were not all saved (the next send saves the rest)
 
 
 @dataclass
@@ -219,6 +221,7 @@ class Campaign:
         stop: StopSignal | None = None,
         handle_signals: bool = True,
         report: str | Path | None = None,
+        sent_folder: str | None = None,
     ) -> SendResult:
         """Send what is left of the campaign, keeping every promise of
         ``mailmerge send``: take the campaign's lock (:class:`CampaignLocked`
@@ -238,7 +241,10 @@ class Campaign:
         are in ``result.error``; a connection or login error before any message
         is raised. ``report``: write the CSV report of the whole campaign
         there at the end (``result.summary`` has its counts); else see
-        :meth:`write_report`.
+        :meth:`write_report`. With ``[imap] save_sent`` (or ``sent_folder``)
+        a copy of each accepted message goes to the Sent folder
+        (``result.copies``); a failure there never undoes the send
+        (``result.copies_error``), and the next send saves what is missing.
         """
         events = events or Events()
         pace = pace or self.config.send
@@ -274,10 +280,28 @@ class Campaign:
                 result.messages, result.error = streamed.messages, streamed.error
                 result.stopped, result.interrupted = streamed.stopped, streamed.interrupted
             if out is None:
-                events.sent(self, journal)
+                self._save_sent_copies(journal, sent_folder, events, result)
             if report is not None:  # read from the journal still open and locked: no second opening
                 result.summary = write_report(Path(report), campaign_outcomes(self.plan, journal))
         return result
+
+    def _save_sent_copies(self, journal: Journal, sent_folder: str | None, events: Events, result: SendResult) -> None:
+        if not self.config.imap.save_sent and sent_folder is None:
+            return
+        if not self.config.imap.host:
+            result.copies_error = ConfigError("--sent-folder needs [imap] in mailmerge.toml; no copies were saved")
+            return
+        from .imap.archive import save_sent_copies
+
+        events.saving_copies()
+        try:
+            session = self.imap_session(events=events)
+            try:
+                result.copies = save_sent_copies(self.plan, journal, session, sent_folder or self.config.imap.sent_folder)
+            finally:
+                session.close()
+        except MailmergeError as error:
+            result.copies_error = error
 
     def _count(self, folder: Path, marker: SentMarker | None, resend_unknown: bool) -> Work:
         with open_view(folder, self.name) as view:

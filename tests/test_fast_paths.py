@@ -40,7 +40,7 @@ from smtp_server import SmtpTestServer
 
 from mailmerge.config.file import SmtpConfig
 from mailmerge.delivery.smtp import SmtpSession
-from mailmerge.mime.message import EnvelopeRecipient, OutgoingMessage, build_message
+from mailmerge.mime.message import OutgoingMessage, build_message
 from mailmerge.outcome import Status
 from mailmerge.render.filters import FILTERS
 from mailmerge.render.jinja_internals import render

@@ -74,6 +74,20 @@ def test_each_sent_message_is_copied_to_sent_once(tmp_path: Path, imap: DovecotS
 
 
 @needs_dovecot
+def test_the_library_saves_the_sent_copies_itself(tmp_path: Path, imap: DovecotServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Campaign.send, not the CLI, keeps [imap] save_sent: a script gets the copies too."""
+    monkeypatch.setenv("MAILMERGE_IMAP_PASSWORD", IMAP_PASSWORD)
+    with SmtpTestServer() as smtp:
+        xlsx, template = setup(tmp_path, smtp, imap)
+        result = mailmerge.Campaign.open(xlsx, template).send()
+        sent_ids = message_ids([m.data for m in smtp.messages])
+
+    assert result.copies is not None and result.copies_error is None
+    assert (result.copies.appended, result.copies.folder) == (3, "Sent")
+    assert message_ids([data for _, _, data in imap.messages("Sent")]) == sent_ids
+
+
+@needs_dovecot
 def test_imap_down_does_not_stop_the_send_and_the_next_run_catches_up(tmp_path: Path, imap: DovecotServer) -> None:
     from smtp_server import free_port
 

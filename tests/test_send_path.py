@@ -24,7 +24,7 @@ from mailmerge.config.file import SmtpConfig
 from mailmerge.delivery.smtp import Job, SmtpSession
 from mailmerge.errors import ConnectionLost
 from mailmerge.mime.message import EnvelopeRecipient, OutgoingMessage, build_message
-from mailmerge.outcome import Outcome, Status
+from mailmerge.outcome import Outcome
 from mailmerge.render.template import Draft, Mailbox
 
 GOOD, GONE, OTHER = "ann@example.org", "gone@example.org", "bob@example.org"

@@ -22,16 +22,13 @@ import typer
 
 from .. import __version__
 from ..campaign import Campaign, Events, SendResult, Start
-from ..config.credentials import find_imap_secret, find_secret, forget_password, store_password
+from ..config.credentials import find_secret, forget_password, store_password
 from ..config.file import Config, SendConfig, SmtpConfig, find_config, load_config
 from ..delivery.pacing import parse_duration, parse_rate
-from ..errors import ConfigError, InputError, Interrupted, MailmergeError, exit_code_of
-from ..imap.archive import BounceResult, parse_since, save_sent_copies
-from ..imap.session import ImapSession
-from ..merge import Plan
+from ..errors import ConfigError, InputError, Interrupted, exit_code_of
+from ..imap.archive import BounceResult, parse_since
 from ..mime.message import OutgoingMessage, preview_text, viewable_html
 from ..outcome import REPORTED, Outcome
-from ..state.journal import Journal
 from ..state.report import default_report_path
 from ..untrusted import visible
 from .ui import SendProgress, Ui, counts_json, message_json, out, rows_json, summary_table
@@ -205,16 +202,17 @@ def send(
         _dry_run(ui, campaign, ui.run(lambda: campaign.send(outbox=outbox, dry_run=True, resend_unknown=resend_unknown)))
     if test_to is not None:
         _test_send(ui, campaign, test_to, limit, yes, verbose)
-    events, report_path = _SendEvents(ui, yes=yes, verbose=verbose, sent_folder=sent_folder), report or default_report_path(list_path)
+    events, report_path = _SendEvents(ui, yes=yes, verbose=verbose), report or default_report_path(list_path)
     try:
         result = ui.run(lambda: campaign.send(outbox=outbox, restart=restart, resend_unknown=resend_unknown,
-                                               pace=pace, events=events, report=report_path))
+                                               pace=pace, events=events, report=report_path, sent_folder=sent_folder))
     except KeyboardInterrupt:  # the second Ctrl-C: the journal is consistent, the lock released
         result = SendResult(stopped="interrupted twice (Ctrl-C): stopped at once", interrupted=True)
     finally:
         events.stop_progress()
     if result.cancelled:
         raise typer.Exit(EXIT_OK)
+    _say_copies(ui, result)
     _finish(ui, campaign, result, report_path, events.started, outbox)
 
 
@@ -222,8 +220,8 @@ class _SendEvents(Events):
     """What ``send`` shows while the campaign sends: where it starts, the
     confirmation, the progress bar, the Sent copies."""
 
-    def __init__(self, ui: Ui, *, yes: bool, verbose: bool, sent_folder: str | None) -> None:
-        self.ui, self.yes, self.sent_folder = ui, yes, sent_folder
+    def __init__(self, ui: Ui, *, yes: bool, verbose: bool) -> None:
+        self.ui, self.yes = ui, yes
         self.log = (lambda line: ui.note(line, style=None)) if verbose else None
         self.prompt = _prompt()
         self.progress: SendProgress | None = None
@@ -261,9 +259,8 @@ class _SendEvents(Events):
         elif not self.ui.quiet:
             self.ui.note(text, style=None)
 
-    def sent(self, campaign: Campaign, journal: Journal) -> None:
+    def saving_copies(self) -> None:
         self.stop_progress()
-        _save_copies(self.ui, campaign.config, campaign.plan, journal, self.sent_folder)
 
     def stop_progress(self) -> None:
         if self.progress is not None:
@@ -276,42 +273,23 @@ def _prompt() -> Callable[[str], str] | None:
     return (lambda text: str(typer.prompt(text, hide_input=True, err=True))) if sys.stdin.isatty() else None
 
 
-def _imap_session(ui: Ui, settings: Config, verbose: bool = False) -> ImapSession:
-    """An open IMAP session for [imap] (its password from its sources)."""
-    imap = settings.imap
-    prompt = (lambda text: str(typer.prompt(text, hide_input=True, err=True))) if sys.stdin.isatty() else None
-    secret = ui.run(lambda: find_imap_secret(imap, settings.smtp, settings.path, prompt=prompt))
-    log = (lambda line: ui.note(line, style=None)) if verbose else None
-    session = ImapSession(imap, secret.value, log=log)
-    ui.run(session.open)
-    return session
-
-
-def _save_copies(ui: Ui, settings: Config, plan: Plan, journal: Journal, sent_folder: str | None) -> None:
-    """[imap] save_sent: the copies of the accepted messages into the Sent
-    folder. A failure here never undoes the send: it is said, and the next run
-    appends what is missing."""
-    if not settings.imap.save_sent and sent_folder is None:
-        return
-    if not settings.imap.host:
-        ui.note("--sent-folder needs [imap] in mailmerge.toml; no copies were saved")
-        return
-    try:
-        session = _imap_session(ui, settings)
-        try:
-            result = save_sent_copies(plan, journal, session, sent_folder or settings.imap.sent_folder)
-        finally:
-            session.close()
-    except (MailmergeError, typer.Exit) as error:
-        ui.note(f"warning: the copies for the Sent folder were not all saved ({error}); "
+def _say_copies(ui: Ui, result: SendResult) -> None:
+    """What became of the Sent copies ([imap] save_sent). A failure there never
+    undid the send: it is said, and the next run appends what is missing."""
+    if isinstance(result.copies_error, ConfigError):
+        ui.note(str(result.copies_error))
+    elif result.copies_error is not None:
+        ui.note(f"warning: the copies for the Sent folder were not all saved ({result.copies_error}); "
                 "the next run of the same command saves the missing ones")
+    copies = result.copies
+    if copies is None:
         return
-    if result.appended:
-        ui.note(f"saved {result.appended} copies in the folder '{result.folder}'", style=None)
-    for row, why in result.failed:
-        ui.note(f"warning: row {row} was sent, but its copy for '{result.folder}' cannot be made: {why}")
-    if result.not_copied:
-        more = result.not_copied - len(result.failed)
+    if copies.appended:
+        ui.note(f"saved {copies.appended} copies in the folder '{copies.folder}'", style=None)
+    for row, why in copies.failed:
+        ui.note(f"warning: row {row} was sent, but its copy for '{copies.folder}' cannot be made: {why}")
+    if copies.not_copied:
+        more = copies.not_copied - len(copies.failed)
         ui.note((f"{more} more rows like these. " if more else "")
                 + "Put back what is missing, then run the same command again to save the copies")
 
@@ -346,7 +324,7 @@ def _test_send(ui: Ui, campaign: Campaign, address: str, limit: int, yes: bool, 
     smtp = ui.run(campaign.config.require_server)
     if not _confirm(ui, yes, f"Send {limit} test messages to {address} via {smtp.host}:{smtp.port}{_as_user(smtp)}?"):
         raise typer.Exit(EXIT_OK)
-    events = _SendEvents(ui, yes=yes, verbose=verbose, sent_folder=None)
+    events = _SendEvents(ui, yes=yes, verbose=verbose)
     outcomes = ui.run(lambda: campaign.send_test(address, limit=limit, events=events))
     sent = sum(o.status.value == "sent" for o in outcomes)
     if ui.json:
@@ -496,7 +474,7 @@ def check(
             steps.append(text)
             ui.say(f"  ok  {text}")
 
-        ui.run(lambda: campaign.check_smtp(events=_SendEvents(ui, yes=True, verbose=verbose, sent_folder=None), step=step))
+        ui.run(lambda: campaign.check_smtp(events=_SendEvents(ui, yes=True, verbose=verbose), step=step))
     if ui.json:
         ui.emit({
             "counts": {"rows": len(plan.recipients), "to_send": plan.to_send, "invalid": len(plan.invalid)},
@@ -532,7 +510,7 @@ def bounces(
     """
     ui = Ui("bounces", debug=debug, json=json_out)
     campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
-    events = _SendEvents(ui, yes=True, verbose=verbose, sent_folder=None)
+    events = _SendEvents(ui, yes=True, verbose=verbose)
     found = ui.run(lambda: campaign.bounces(since, move_to=move_to, events=events))
     when = parse_since(since)
     report_path = report or default_report_path(list_path)
