@@ -243,6 +243,6 @@ def test_the_preview_command_writes_the_pages(tmp_path: Path) -> None:
     run = run_cli("preview", xlsx, "-t", template, "--html", tmp_path / "pages")
 
     assert run.exit_code == 0, run.output
-    assert "index.html" in run.stderr
+    assert "index.html" in run.stdout
     assert "김민수" in (tmp_path / "pages" / "index.html").read_text(encoding="utf-8")
     assert (tmp_path / "pages" / "0002-minsu@example.com.eml").is_file()

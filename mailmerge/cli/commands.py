@@ -10,28 +10,54 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
-import webbrowser
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from .. import __version__
-from ..campaign import Campaign, Events, SendResult, Start
-from ..config.credentials import find_secret, forget_password, store_password
-from ..config.file import Config, SendConfig, SmtpConfig, find_config, load_config
-from ..delivery.pacing import parse_duration, parse_rate
-from ..errors import ConfigError, InputError, Interrupted, exit_code_of
-from ..imap.archive import BounceResult, parse_since
-from ..mime.message import OutgoingMessage, preview_text, viewable_html
-from ..outcome import REPORTED, Outcome
-from ..state.report import default_report_path
-from ..untrusted import visible
-from .ui import SendProgress, Ui, counts_json, message_json, out, rows_json, summary_table
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..campaign import Campaign, SendResult, Start
+    from ..config.file import Config, SendConfig, SmtpConfig
+    from ..imap.archive import BounceResult
+    from ..merge import Plan
+    from ..mime.message import OutgoingMessage
+    from ..outcome import Outcome
+    from .ui import SendProgress, Ui
+
+# Only typer is imported above: `mailmerge --help`, `--version`, completion and
+# `init` answer at once. Each command imports what it needs (pandas, Jinja,
+# the email stack) when it runs.
+
+LIST_SUFFIXES = (".xlsx", ".xlsm", ".csv", ".tsv", ".txt")
+TEMPLATE_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".j2", ".jinja", ".eml")
+
+
+def _files_ending(suffixes: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """A completer for a file name: the folders and the files with these
+    suffixes that start with what was typed."""
+
+    def complete(incomplete: str) -> list[str]:
+        head, slash, start = incomplete.rpartition("/")
+        prefix = head + slash
+        try:
+            entries = sorted(Path(prefix or ".").iterdir())
+        except OSError:
+            return []
+        return [
+            prefix + entry.name + ("/" if entry.is_dir() else "")
+            for entry in entries
+            if entry.name.startswith(start)
+            and (start.startswith(".") or not entry.name.startswith("."))  # hidden files only when asked for
+            and (entry.is_dir() or entry.suffix.lower() in suffixes)
+        ]
+
+    return complete
+
 
 EXIT_OK, EXIT_REFUSED = 0, 3  # what the rows' states end in; an error's code comes from errors.EXIT_CODES
 
@@ -43,15 +69,20 @@ app = typer.Typer(
         "Example:  mailmerge send samples/recipients.xlsx -t templates/welcome.txt --outbox outbox"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion: bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
-ListArgument = Annotated[Path, typer.Argument(metavar="LIST", help="The list: .xlsx, .xlsm, .csv, .tsv or .txt.", show_default=False)]
+ListArgument = Annotated[
+    Path,
+    typer.Argument(metavar="LIST", help="The list: .xlsx, .xlsm, .csv, .tsv or .txt.", show_default=False,
+                   autocompletion=_files_ending(LIST_SUFFIXES)),
+]
 TemplateOption = Annotated[
     Path | None,
-    typer.Option("--template", "-t", metavar="TEMPLATE", help="The template file (default: [message] template in the config).", show_default=False),
+    typer.Option("--template", "-t", metavar="TEMPLATE", help="The template file (default: [message] template in the config).", show_default=False,
+                 autocompletion=_files_ending(TEMPLATE_SUFFIXES)),
 ]
 ConfigOption = Annotated[
     Path | None,
@@ -84,6 +115,8 @@ def _open(
     encoding: str | None, attachments_dir: Path | None = None, name: str | None = None,
 ) -> Campaign:
     """Read the config, the list and the template, check every row, and say what was found."""
+    from ..campaign import Campaign
+
     campaign = ui.run(lambda: Campaign.open(list_path, template, config=config_path, name=name, sheet=sheet,
                                             encoding=encoding, attachments_dir=attachments_dir))
     for note in campaign.notes:
@@ -101,7 +134,7 @@ def preview(
     config: ConfigOption = None,
     row: Annotated[int | None, typer.Option(metavar="N", help="Show only this row (its number in the sheet).", show_default=False)] = None,
     limit: Annotated[int | None, typer.Option(metavar="N", help="Show at most this many messages.", show_default=False)] = None,
-    open_html: Annotated[bool, typer.Option("--open", help="Open the first shown message (its HTML) in the browser.")] = False,
+    open_html: Annotated[bool, typer.Option("--open", help="Open the first shown message (its HTML), or with --html the index page, in the browser.")] = False,
     html: Annotated[Path | None, typer.Option(metavar="DIR", help="Write every message as .eml and as a web page, with an index.html.", show_default=False)] = None,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
@@ -113,14 +146,16 @@ def preview(
 
     Example:  mailmerge preview list.xlsx -t invoice.txt --row 5
     """
+    from ..errors import InputError
+    from ..mime.message import preview_text
+    from .ui import Ui, message_json
+
     ui = Ui("preview", debug=debug, json=json_out)
     campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir)
     plan = campaign.plan
     if html is not None:
-        from .htmlpreview import write_html_preview
-
-        index = ui.run(lambda: write_html_preview(plan, html))
-        ui.note(f"wrote {html}/ (open {index} in a browser)", style=None)
+        _preview_html(ui, plan, html, open_html)
+        return
     shown: list[dict[str, object]] = []
     for recipient, message in ui.run(lambda: list(campaign.preview())):
         if (row is not None and recipient.row != row) or (limit is not None and len(shown) >= limit):
@@ -144,7 +179,31 @@ def preview(
         ui.note(f"{plan.to_send} to send, {len(plan.invalid)} invalid, of {len(plan.recipients)} rows", style=None)
 
 
+def _preview_html(ui: Ui, plan: Plan, folder: Path, open_page: bool) -> None:
+    """``preview --html``: write the pages and say what was written; the
+    messages themselves are in the pages, not on the terminal."""
+    import webbrowser
+
+    from .htmlpreview import write_html_preview
+
+    index = ui.run(lambda: write_html_preview(plan, folder))
+    counts = {"rows": len(plan.recipients), "to_send": plan.to_send, "invalid": len(plan.invalid)}
+    if ui.json:
+        ui.emit({"counts": counts, "index": str(index)})
+    else:
+        invalid = f", {counts['invalid']} invalid rows" if counts["invalid"] else ""
+        ui.say(f"wrote {counts['to_send']} messages{invalid} to {folder}/")
+        ui.say(f"open {index} in a browser")
+    if open_page:
+        webbrowser.open(index.resolve().as_uri())
+
+
 def _open_in_browser(ui: Ui, message: OutgoingMessage) -> None:
+    import tempfile
+    import webbrowser
+
+    from ..mime.message import viewable_html
+
     handle, name = tempfile.mkstemp(prefix=f"mailmerge-row{message.row}-", suffix=".html")
     with os.fdopen(handle, "w", encoding="utf-8") as page:
         page.write(viewable_html(message))
@@ -195,6 +254,10 @@ def send(
     Exit codes: 0 every row sent, 1 the run stopped on an error, 2 bad input,
     3 some rows refused, invalid, deferred, unknown or not sent yet, 130 interrupted.
     """
+    from ..campaign import SendResult
+    from ..state.report import default_report_path
+    from .ui import Ui
+
     ui = Ui("send", debug=debug, json=json_out, quiet=quiet)
     campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
     pace = ui.run(lambda: _pace(campaign.config.send, rate, batch_size, batch_pause, max_messages, connections))
@@ -216,9 +279,13 @@ def send(
     _finish(ui, campaign, result, report_path, events.started, outbox)
 
 
-class _SendEvents(Events):
+class _SendEvents:
     """What ``send`` shows while the campaign sends: where it starts, the
-    confirmation, the progress bar, the Sent copies."""
+    confirmation, the progress bar, the Sent copies.
+
+    It overrides every method of :class:`~mailmerge.campaign.Events` without
+    inheriting from it, so that this module does not import the campaign
+    (and pandas) before a command runs."""
 
     def __init__(self, ui: Ui, *, yes: bool, verbose: bool) -> None:
         self.ui, self.yes = ui, yes
@@ -247,6 +314,8 @@ class _SendEvents(Events):
         return secret
 
     def sending(self, total: int) -> None:
+        from .ui import SendProgress
+
         self.progress = SendProgress(self.ui, total).__enter__()
 
     def row(self, outcomes: list[Outcome]) -> None:
@@ -276,6 +345,8 @@ def _prompt() -> Callable[[str], str] | None:
 def _say_copies(ui: Ui, result: SendResult) -> None:
     """What became of the Sent copies ([imap] save_sent). A failure there never
     undid the send: it is said, and the next run appends what is missing."""
+    from ..errors import ConfigError
+
     if isinstance(result.copies_error, ConfigError):
         ui.note(str(result.copies_error))
     elif result.copies_error is not None:
@@ -299,6 +370,8 @@ def _as_user(smtp: SmtpConfig) -> str:
 
 
 def _confirm(ui: Ui, yes: bool, question: str) -> bool:
+    from ..errors import InputError
+
     if yes:
         return True
     if not sys.stdin.isatty():
@@ -336,6 +409,8 @@ def _test_send(ui: Ui, campaign: Campaign, address: str, limit: int, yes: bool, 
 
 def _secret(ui: Ui, settings: Config, smtp: SmtpConfig) -> str | None:
     """The password (or token) from its first source; warns about a login without TLS."""
+    from ..config.credentials import find_secret
+
     if smtp.security == "none" and smtp.username:
         ui.note(f"warning: the password for {smtp.username} goes to {smtp.host} without encryption")
     prompt = (lambda text: str(typer.prompt(text, hide_input=True, err=True))) if sys.stdin.isatty() else None
@@ -348,6 +423,11 @@ def _pace(
     max_messages: int | None, connections: int | None,
 ) -> SendConfig:
     """The [send] settings with the command line's options on top."""
+    from dataclasses import replace
+
+    from ..delivery.pacing import parse_duration, parse_rate
+    from ..errors import InputError
+
     settings = replace(base)
     if rate is not None:
         settings.rate = parse_rate(rate)
@@ -385,6 +465,9 @@ def _say_where_we_are(ui: Ui, start: Start) -> None:
 
 def _finish(ui: Ui, campaign: Campaign, result: SendResult, report_path: Path, started: float,
             outbox: Path | None) -> NoReturn:
+    from ..errors import Interrupted, exit_code_of
+    from .ui import counts_json, out, rows_json, summary_table
+
     summary = result.summary or ui.run(lambda: campaign.write_report(report_path, outbox=outbox))
     seconds = time.monotonic() - started
     again = "Nothing is lost: run the same command again to send the rest."
@@ -434,6 +517,9 @@ def status(
 
     Example:  mailmerge status list.xlsx -t invoice.txt
     """
+    from ..outcome import REPORTED
+    from .ui import Ui, counts_json, rows_json
+
     ui = Ui("status", debug=debug, json=json_out)
     campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
     summary = ui.run(lambda: campaign.status(outbox=outbox))
@@ -463,6 +549,8 @@ def check(
 
     Example:  mailmerge check list.xlsx -t invoice.txt --smtp
     """
+    from .ui import Ui
+
     ui = Ui("check", debug=debug, json=json_out)
     campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir)
     plan = campaign.plan
@@ -508,6 +596,11 @@ def bounces(
 
     Example:  mailmerge bounces list.xlsx -t invoice.txt --since 2d
     """
+    from ..imap.archive import parse_since
+    from ..state.report import default_report_path
+    from ..untrusted import visible
+    from .ui import Ui, counts_json
+
     ui = Ui("bounces", debug=debug, json=json_out)
     campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
     events = _SendEvents(ui, yes=True, verbose=verbose)
@@ -535,6 +628,8 @@ def bounces(
 
 
 def _say_found(ui: Ui, found: BounceResult) -> None:
+    from ..untrusted import visible
+
     # Everything here that comes from a mail is a stranger's text: visible() keeps
     # its control characters from acting on the terminal.
     for bounce, rows in found.matched:
@@ -553,6 +648,11 @@ def login(config: ConfigOption = None, debug: DebugOption = False) -> None:
 
     Example:  mailmerge login --config mailmerge.toml
     """
+    from ..config.credentials import store_password
+    from ..config.file import find_config, load_config
+    from ..errors import ConfigError
+    from .ui import Ui
+
     ui = Ui("login", debug=debug)
     settings = ui.run(lambda: load_config(find_config(Path("list"), config)))
     smtp = ui.run(settings.require_server)
@@ -572,6 +672,10 @@ def logout(config: ConfigOption = None, debug: DebugOption = False) -> None:
 
     Example:  mailmerge logout
     """
+    from ..config.credentials import forget_password
+    from ..config.file import find_config, load_config
+    from .ui import Ui
+
     ui = Ui("logout", debug=debug)
     settings = ui.run(lambda: load_config(find_config(Path("list"), config)))
     smtp = ui.run(settings.require_server)
@@ -593,6 +697,7 @@ def init(
     Example:  mailmerge init newsletter && cd newsletter
     """
     from .scaffold import init_folder
+    from .ui import Ui
 
     ui = Ui("init", debug=debug)
     result = ui.run(lambda: init_folder(folder))
@@ -607,7 +712,7 @@ def init(
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"mailmerge {__version__}", markup=False)
+        typer.echo(f"mailmerge {__version__}")
         raise typer.Exit()
 
 

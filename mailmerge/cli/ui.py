@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,10 +27,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ..errors import MailmergeError
-from ..mime.message import OutgoingMessage, structure
 from ..outcome import REPORTED, Outcome, Status, row_status
 from ..state.report import Summary
 from ..untrusted import visible
+
+if TYPE_CHECKING:  # the email stack is imported when a message is shown, not for `mailmerge --help`
+    from ..mime.message import OutgoingMessage
 
 T = TypeVar("T")
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
@@ -196,6 +198,8 @@ def rows_json(outcomes: Iterable[Outcome]) -> list[dict[str, Any]]:
 
 def message_json(message: OutgoingMessage) -> dict[str, Any]:
     """A rendered message for ``preview --json``."""
+    from ..mime.message import structure
+
     email = message.message
     text = email.get_body(("plain",))
     return {
