@@ -162,3 +162,20 @@ def test_the_hint_names_the_cell_on_the_right_too(folder: Path) -> None:
     assert "line 6: row 2:" in done.stderr
     assert "'<=' compares text with a number" in done.stderr
     assert "{% if 10 <= total | int %}" in done.stderr
+
+
+@pytest.mark.parametrize("engine", EXCEL_ENGINES)
+def test_the_active_sheet_counted_past_a_chart_sheet(tmp_path: Path, engine: str) -> None:
+    from openpyxl.chart import BarChart, Reference
+
+    path = three_sheets(tmp_path / "members.xlsx", active=0)
+    book = openpyxl.load_workbook(path)
+    chart = BarChart()
+    chart.add_data(Reference(book["Old list"], min_col=1, min_row=1, max_row=2))
+    book.create_chartsheet("Chart", 0).add_chart(chart)  # tabs: Chart, Old list, Members & friends, Notes
+    book.active = 2
+    book.save(path)
+
+    recipients = read_recipients(path, engine=engine)
+
+    assert [r.values["email"] for r in recipients] == ["nina@example.com", "noah@example.com"]

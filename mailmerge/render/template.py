@@ -646,7 +646,7 @@ def _compare_hint(op: str, line: str) -> str:
     found = re.search(rf"{_COMPARED_NAME}\s*{operator}\s*-?[0-9][0-9.]*", line) or \
         re.search(rf"-?[0-9][0-9.]*\s*{operator}\s*{_COMPARED_NAME}", line)
     name = found.group(1) if found else "amount"
-    example = found.group(0).replace(name, f"{name} | int", 1) if found else f"amount | int {op} 5"
+    example = found.group(0).replace(name, f"{name} | int", 1) if found else f"amount | int {op} 5 (e.g.)"
     return (
         f"'{op}' compares text with a number: every cell is text, as the list shows it; "
         f"convert it first with | int (whole numbers) or | float (decimals): {{% if {example} %}}"
