@@ -88,7 +88,7 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", metavar="FILE", help="The config file (default: mailmerge.toml beside the list, then here).", show_default=False),
 ]
-SheetOption = Annotated[str | None, typer.Option(metavar="NAME", help="Excel sheet to read (default: the first).", show_default=False)]
+SheetOption = Annotated[str | None, typer.Option(metavar="NAME", help="Excel sheet to read (default: the one open when the file was saved).", show_default=False)]
 EncodingOption = Annotated[
     str | None, typer.Option(metavar="NAME", help="Encoding of a CSV file, e.g. cp949 (default: guessed).", show_default=False)
 ]

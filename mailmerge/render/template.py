@@ -494,8 +494,9 @@ class MailTemplate:
                 part.constant[html] = text
             return text
         except Exception as error:  # noqa: BLE001 - whatever the template does wrong, in one line
+            line = _error_line(error)
             raise TemplateError(
-                f"{self._where(part, _error_line(error))}: row {recipient.row}: {_describe(error)}"
+                f"{self._where(part, line)}: row {recipient.row}: {_describe(error, _source_line(part.source, line))}"
             ) from error
 
     def _render_addresses(self, part: _Part, recipient: Recipient) -> list[Mailbox]:
@@ -625,8 +626,38 @@ def _local_images(markup: str) -> tuple[str, ...]:
     return tuple(local_images(markup))
 
 
-def _describe(error: Exception) -> str:
-    """An error raised while a template renders, for a person."""
+def _source_line(source: str, line: int | None) -> str:
+    """Line ``line`` (from 1) of a template's source; "" when there is none."""
+    lines = source.splitlines()
+    return lines[line - 1] if line and 0 < line <= len(lines) else ""
+
+
+# Python's words when a template compares a cell (text) with a number.
+_TEXT_VS_NUMBER = re.compile(
+    r"'(?P<op>[<>]=?)' not supported between instances of "
+    r"'(?:str' and '(?:int|float|Decimal)|(?:int|float|Decimal)' and 'str)'"
+)
+_COMPARED_NAME = r"([A-Za-z_][\w.]*)"  # the cell's name on either side of the operator
+
+
+def _compare_hint(op: str, line: str) -> str:
+    """The error of ``{% if amount > 5 %}`` for a person: what and what to write."""
+    operator = re.escape(op)
+    found = re.search(rf"{_COMPARED_NAME}\s*{operator}\s*-?[0-9][0-9.]*", line) or \
+        re.search(rf"-?[0-9][0-9.]*\s*{operator}\s*{_COMPARED_NAME}", line)
+    name = found.group(1) if found else "amount"
+    example = found.group(0).replace(name, f"{name} | int", 1) if found else f"amount | int {op} 5 (e.g.)"
+    return (
+        f"'{op}' compares text with a number: every cell is text, as the list shows it; "
+        f"convert it first with | int (whole numbers) or | float (decimals): {{% if {example} %}}"
+    )
+
+
+def _describe(error: Exception, line: str = "") -> str:
+    """An error raised while a template renders, for a person; ``line`` is
+    the template line it happened in, when known."""
+    if isinstance(error, TypeError) and (compared := _TEXT_VS_NUMBER.search(str(error))):
+        return _compare_hint(compared["op"], line)
     if isinstance(error, jinja2.UndefinedError):
         return str(error.message)
     if isinstance(error, jinja2.TemplateError):

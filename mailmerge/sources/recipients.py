@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import html
 import importlib.util
 import io
 import math
@@ -98,7 +99,8 @@ def read_recipients(
 ) -> RecipientList:
     """Read a .csv/.tsv/.txt or .xlsx/.xlsm file into a :class:`RecipientList`.
 
-    ``sheet`` picks an Excel sheet by name (default: the first); ``encoding``
+    ``sheet`` picks an Excel sheet by name (default: the sheet that was active
+    when the workbook was saved; a note names it when there are others); ``encoding``
     overrides the guessed encoding of a CSV file; ``engine`` forces the pandas
     Excel engine, ``"calamine"`` or ``"openpyxl"`` (default:
     :func:`excel_engine`); both give the same text. Raises
@@ -118,7 +120,7 @@ def read_recipients(
         raise RecipientsError(f"{path}: no such file")
     notes: list[str] = []
     if suffix in EXCEL_SUFFIXES:
-        table = _read_excel_table(path, sheet, engine or excel_engine())
+        table = _read_excel_table(path, sheet, engine or excel_engine(), notes)
         return _to_recipients(path, iter([table]), notes, excel=True)
     return _to_recipients(path, _csv_chunks(path, encoding, notes), notes, excel=False)
 
@@ -132,13 +134,15 @@ def excel_engine() -> str:
     return "calamine" if importlib.util.find_spec("python_calamine") else "openpyxl"
 
 
-def _read_excel_table(path: Path, sheet: str | None, engine: str) -> list[list[Any]]:
+def _read_excel_table(path: Path, sheet: str | None, engine: str, notes: list[str]) -> list[list[Any]]:
     with tempfile.TemporaryDirectory(prefix="mailmerge-") as folder:
         checked = checked_excel_copy(path, Path(folder))
-        return _read_checked_excel(path, checked, sheet, engine)
+        return _read_checked_excel(path, checked, sheet, engine, notes)
 
 
-def _read_checked_excel(path: Path, checked: Path, sheet: str | None, engine: str) -> list[list[Any]]:
+def _read_checked_excel(
+    path: Path, checked: Path, sheet: str | None, engine: str, notes: list[str] | None = None,
+) -> list[list[Any]]:
     try:
         with pd.ExcelFile(checked, engine=engine) as book:
             names = [str(name) for name in book.sheet_names]  # worksheets only, no charts
@@ -149,10 +153,13 @@ def _read_checked_excel(path: Path, checked: Path, sheet: str | None, engine: st
                 )
             if not names:
                 raise RecipientsError(f"{path}: the workbook has no sheet; put the list on a sheet")
+            chosen = sheet if sheet is not None else _active_sheet(checked, names)
+            if len(names) > 1 and notes is not None:
+                notes.append(_sheet_note(path, chosen, names, given=sheet is not None))
             frame = pd.read_excel(
                 book,
                 # By name: calamine's sheet index counts chart sheets too.
-                sheet_name=sheet if sheet is not None else names[0],
+                sheet_name=chosen,
                 header=None,
                 dtype=object,
                 keep_default_na=False,
@@ -166,6 +173,38 @@ def _read_checked_excel(path: Path, checked: Path, sheet: str | None, engine: st
     if engine == "openpyxl":
         table = [[_unescape_ooxml(v) if isinstance(v, str) else v for v in row] for row in table]
     return table
+
+
+def _sheet_note(path: Path, chosen: str, names: list[str], *, given: bool) -> str:
+    others = ", ".join(f"'{name}'" for name in names if name != chosen)
+    if given:
+        return f"{path.name}: read the sheet '{chosen}' (--sheet); the others: {others}"
+    return (f"{path.name}: read the sheet '{chosen}', the one open when the file was saved; "
+            f"the others: {others}. Pass --sheet NAME to read another.")
+
+
+# The workbook part, and in it the sheet that was open when the file was saved.
+_WORKBOOK_PART = "xl/workbook.xml"  # where Excel, LibreOffice and openpyxl put it
+_ACTIVE_TAB = re.compile(rb"""<(?:\w+:)?workbookView\b[^>]*?\sactiveTab\s*=\s*["']([0-9]{1,5})["']""")
+_SHEET_NAME = re.compile(rb"""<(?:\w+:)?sheet\b[^>]*?\sname\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+
+
+def _active_sheet(checked: Path, names: list[str]) -> str:
+    """The worksheet that was active when the workbook was saved (its
+    ``activeTab``), else the first. ``activeTab`` counts chart sheets too, so
+    it is looked up by name among all sheets; a chart sheet gives the first."""
+    try:
+        with zipfile.ZipFile(checked) as archive:
+            data = archive.read(_WORKBOOK_PART)
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return names[0]
+    tab = _ACTIVE_TAB.search(data)
+    if tab is None:
+        return names[0]
+    sheets = [html.unescape((double or single).decode("utf-8", "replace"))
+              for double, single in _SHEET_NAME.findall(data)]
+    index = int(tab[1])
+    return sheets[index] if index < len(sheets) and sheets[index] in names else names[0]
 
 
 # Excel stores a control character in a cell's text as _xHHHH_ (a carriage
