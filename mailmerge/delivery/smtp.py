@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from ..config.file import SmtpConfig
-from ..config.providers import login_hint
+from ..config.providers import PROVIDERS, login_hint
 from ..errors import AuthenticationError, ClientRefused, ConnectError, ConnectionLost, SendError, ServerBusy
 from ..mime.message import EnvelopeRecipient, OutgoingMessage
 from ..outcome import Outcome, Status
@@ -32,6 +32,11 @@ from .smtplib_internals import LoggedSMTP, LoggedSMTP_SSL, connect, socket_of
 # Tried in this order; only ONE is attempted (smtplib's login() tries them all,
 # which counts double against an account's lockout).
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+
+# Seconds to wait for a plain connection's greeting before checking whether the
+# port wants TLS from the first byte (such a port says nothing until the TLS
+# handshake), and for that check's handshake. SMTP servers greet at once.
+GREETING_WAIT = 3.0
 
 
 def _text(reply: bytes | str) -> str:
@@ -93,6 +98,7 @@ class SmtpSession:
                 smtp = LoggedSMTP_SSL(timeout=config.timeout, context=context)
             else:
                 smtp = LoggedSMTP(timeout=config.timeout)
+                smtp.greeting_wait, smtp.silent = GREETING_WAIT, lambda: self._refuse_if_tls_only(context)
             smtp.log = self._log
             self._smtp = smtp
             greeting = connect(smtp, config.host, config.port)
@@ -135,10 +141,42 @@ class SmtpSession:
             ) from error
         except socket.gaierror as error:
             self.abort()
-            raise ConnectError(f"cannot find the server '{config.host}'; check host in [smtp]") from error
+            raise ConnectError(self._unresolved(error)) from error
         except (OSError, smtplib.SMTPException) as error:
             self.abort()
             raise ConnectError(f"cannot connect to {where}: {error}; check host and port in [smtp]") from error
+
+    def _refuse_if_tls_only(self, context: ssl.SSLContext) -> None:
+        """No greeting came on the plain connection: if the port answers a TLS
+        handshake, it wants TLS from the first byte; say so (else wait on)."""
+        config, where = self.config, f"{self.config.host}:{self.config.port}"
+        if self._log is not None:
+            self._log(f"(no greeting after {GREETING_WAIT:g} s: does {where} want TLS from the start?)")
+        try:
+            with socket.create_connection((config.host, config.port), timeout=min(GREETING_WAIT, config.timeout)) as raw:
+                context.wrap_socket(raw, server_hostname=config.host).close()
+        except ssl.SSLCertVerificationError:
+            pass  # it speaks TLS; its certificate is checked when it is used as it wants
+        except OSError:  # (ssl.SSLError too) not TLS either: a slow server, maybe
+            return
+        raise ConnectError(
+            f"{where} expects TLS from the first byte (it said nothing to a plain connection, "
+            f'and answered TLS): set security = "ssl" in [smtp]. Nothing was sent.'
+        )
+
+    def _unresolved(self, error: socket.gaierror) -> str:
+        """Why the server's name gave no address, and what to do."""
+        config = self.config
+        preset = PROVIDERS.get(config.provider or "")
+        if preset is not None and preset.host == config.host.lower():
+            return (
+                f'the name {config.host} could not be resolved (it comes from provider = "{config.provider}" '
+                "in [smtp]): this computer seems to be offline; check its internet connection, then try again"
+            )
+        if error.errno == socket.EAI_NONAME:
+            return f"the name {config.host} could not be resolved (no such server); check host in [smtp]"
+        return (f"the name {config.host} could not be resolved ({error.strerror}); "
+                "check the internet connection, and host in [smtp]")
 
     def _check_greeting(self, code: int, reply: bytes | str) -> None:
         """Raise unless the server greeted with 220: a 4xx greeting is a

@@ -15,6 +15,10 @@ What they rely on, beyond smtplib's documented API:
   made without a host (so that the greeting is logged too and a 4xx or 5xx
   greeting reaches :class:`~mailmerge.delivery.smtp.SmtpSession`, which says
   what it means and still says QUIT);
+- ``SMTP._get_socket``, which opens the plain connection: :class:`LoggedSMTP`
+  waits there for the greeting's first byte a short while only, and calls
+  ``silent`` when none came (a port that wants TLS from the first byte says
+  nothing to a plain connection);
 - ``SMTP.sock``, the connection's socket: :func:`socket_of` returns it for
   TCP_NODELAY (the end of DATA goes out at once, not 40 ms later) and for
   the TLS version shown by ``mailmerge check``.
@@ -78,7 +82,30 @@ class _Conversation:
 
 
 class LoggedSMTP(_Conversation, smtplib.SMTP):
-    """smtplib.SMTP with the conversation log and :meth:`send_group`."""
+    """smtplib.SMTP with the conversation log and :meth:`send_group`.
+
+    When no byte of the greeting came within ``greeting_wait`` seconds,
+    ``silent()`` is called (it may raise to end the attempt); then the
+    greeting is awaited for the whole timeout as usual."""
+
+    greeting_wait: float | None = None
+    silent: Callable[[], None] | None = None
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        if self.greeting_wait is None or self.silent is None or self.greeting_wait >= timeout:
+            return sock
+        try:
+            sock.settimeout(self.greeting_wait)
+            try:
+                sock.recv(1, socket.MSG_PEEK)  # (left in place for smtplib to read)
+            except TimeoutError:
+                self.silent()
+            sock.settimeout(timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
 
 class LoggedSMTP_SSL(_Conversation, smtplib.SMTP_SSL):  # noqa: N801 (as smtplib names it)
