@@ -15,6 +15,7 @@ grow with the length of the list, and the list file is not read again.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,14 +38,20 @@ if TYPE_CHECKING:  # types only: the reader (and pandas) is loaded when a list i
     from .sources.recipients import Recipient, RecipientList
 
 
+_ANGLE_ADDRESS = re.compile(r"<([^<>]*)>\s*$")  # "Ann <ann@@example.com>"
+
+
 def invalid_outcomes(row: int, draft: Draft | None, error: InvalidRow, to: str = "") -> list[Outcome]:
     """One ``invalid`` outcome per address of the row (one line when it has
     none). ``to``, the To header as the row wrote it, stands for the address
     when the row did not get as far as addresses or its To is the broken one:
     the report can be filtered by address either way."""
+    inside = _ANGLE_ADDRESS.search(to)  # the address as written, without its name
+    to = inside.group(1).strip() if inside else to
     addresses = draft.recipients() if draft is not None else []
     if not addresses:
         return [Outcome(row, "To" if to else "", to or error.address, Status.INVALID, None, error.reason)]
+    # A broken To as written: a parser may have made "a@@b" into "@b".
     broken_to = bool(to) and error.address != "" and [box.address for f, box in addresses if f == "To"] == [error.address]
     return [
         Outcome(

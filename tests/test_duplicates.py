@@ -19,7 +19,7 @@ from smtp_server import SmtpTestServer
 
 TEMPLATE = """\
 From: Club <club@example.com>
-To: {{ email }}
+To: {{ name }} <{{ email }}>
 Subject: Hello {{ name }}
 Attachment: {{ file }}
 
@@ -136,7 +136,7 @@ def test_the_local_part_can_be_case_sensitive(tmp_path: Path, plain_server: Smtp
 
 def test_a_repeated_cc_does_not_make_a_duplicate(tmp_path: Path, plain_server: SmtpTestServer) -> None:
     write_config(tmp_path, plain_server, security="none", username=None)
-    write_template(tmp_path / "news.txt", TEMPLATE.replace("To: {{ email }}", "To: {{ email }}\nCc: boss@example.com"))
+    write_template(tmp_path / "news.txt", TEMPLATE.replace("Subject:", "Cc: boss@example.com\nSubject:"))
     write_list(tmp_path / "merged.csv", [("Ann", "ann@example.com", ""), ("Bob", "bob@example.com", "")])
 
     run = mailmerge(tmp_path, "send", "merged.csv", "-t", "news.txt", "--yes")
