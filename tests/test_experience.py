@@ -46,9 +46,9 @@ def test_preview_check_and_status_json(tmp_path: Path, plain_server: SmtpTestSer
     run_cli("send", xlsx, "-t", template, "--yes", "--quiet")
     after = json.loads(run_cli("status", xlsx, "-t", template, "--json").stdout)
 
-    assert preview["counts"] == {"rows": 4, "to_send": 3, "invalid": 1}
+    assert preview["counts"] == {"rows": 4, "to_send": 3, "invalid": 1, "duplicates": 0}
     assert preview["rows"][0]["subject"] == "Hello 김민수" and preview["rows"][0]["to"] == ["minsu@example.com"]
-    assert preview["rows"][2] == {"row": 4, "valid": False,
+    assert preview["rows"][2] == {"row": 4, "valid": False, "status": "invalid",
                                   "reason": preview["rows"][2]["reason"]} and "not an address" in preview["rows"][2]["reason"]
     assert check["invalid"][0]["row"] == 4 and check["smtp"]["steps"][-1] == "QUIT"
     assert before["counts"]["not_sent_yet"] == 3 and after["counts"]["sent"] == 3
