@@ -35,10 +35,10 @@ MERGED = [
 ]
 
 
-def write_list(path: Path, rows: list[tuple[str, ...]]) -> Path:
+def write_list(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] = ("name", "email", "file")) -> Path:
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["name", "email", "file"])
+        writer.writerow(header)
         writer.writerows(rows)
     return path
 
@@ -124,25 +124,27 @@ def test_a_resumed_run_finds_the_same_duplicates(tmp_path: Path, plain_server: S
     assert "1 of 2 already sent; sending the other 1" in rest.stderr
 
 
-def test_the_local_part_can_be_case_sensitive(tmp_path: Path, plain_server: SmtpTestServer) -> None:
-    setup(tmp_path, plain_server, [(name, email, "") for name, email in MERGED])
+def test_the_local_part_can_be_case_sensitive_never_the_domain(tmp_path: Path, plain_server: SmtpTestServer) -> None:
+    setup(tmp_path, plain_server, [(name, email, "") for name, email in [*MERGED, ("Ann", "ann@EXAMPLE.com")]])
 
     run = mailmerge(tmp_path, "send", "merged.csv", "-t", "news.txt", "--yes", "--case-sensitive-local-part")
 
     assert run.returncode == 0, run.stderr
     assert received(plain_server) == Counter({"ann@example.com": 1, "ANN@example.com": 1, "bob@example.com": 1})
-    assert report(tmp_path / "merged.report.csv")[4]["status"] == "duplicate"  # the domain is never case-sensitive
+    lines = report(tmp_path / "merged.report.csv")
+    assert [lines[row]["status"] for row in (4, 5, 6)] == ["duplicate", "sent", "duplicate"]
 
 
-def test_a_repeated_cc_does_not_make_a_duplicate(tmp_path: Path, plain_server: SmtpTestServer) -> None:
+def test_only_to_is_compared_cc_repeats_are_sent(tmp_path: Path, plain_server: SmtpTestServer) -> None:
     write_config(tmp_path, plain_server, security="none", username=None)
-    write_template(tmp_path / "news.txt", TEMPLATE.replace("Subject:", "Cc: boss@example.com\nSubject:"))
-    write_list(tmp_path / "merged.csv", [("Ann", "ann@example.com", ""), ("Bob", "bob@example.com", "")])
+    write_template(tmp_path / "news.txt", "From: club@example.com\nTo: {{ email }}\nCc: {{ cc }}\nSubject: hi\n\nhi\n")
+    write_list(tmp_path / "merged.csv", [("Ann", "ann@example.com", "bob@example.com"), ("Bob", "bob@example.com", ""),
+                                         ("Cy", "cy@example.com", "bob@example.com")], header=("name", "email", "cc"))
 
     run = mailmerge(tmp_path, "send", "merged.csv", "-t", "news.txt", "--yes")
 
-    assert run.returncode == 0, run.stderr
-    assert received(plain_server) == Counter({"ann@example.com": 1, "bob@example.com": 1, "boss@example.com": 2})
+    assert run.returncode == 0, run.stderr  # Bob's own row is sent although he was copied on Ann's
+    assert received(plain_server) == Counter({"ann@example.com": 1, "bob@example.com": 3, "cy@example.com": 1})
 
 
 def test_an_invalid_row_keeps_its_address_in_the_report(tmp_path: Path, plain_server: SmtpTestServer) -> None:
