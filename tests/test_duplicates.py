@@ -170,3 +170,15 @@ def test_an_invalid_row_keeps_its_address_in_the_report(tmp_path: Path, plain_se
     assert b"ed@example.com" in raw and b"\nBcc: spy" not in raw  # the raw text, its line break written out
     assert lines[6]["address"].startswith("ed@example.com") and "spy@example.net" in lines[6]["address"]
     assert lines[7]["address"].startswith("'=HYPERLINK")  # never a formula in a CSV we write
+
+
+def test_a_broken_address_is_reported_as_the_list_wrote_it(tmp_path: Path, plain_server: SmtpTestServer) -> None:
+    write_config(tmp_path, plain_server, security="none", username=None)
+    write_template(tmp_path / "news.txt", "From: club@example.com\nTo: {{ email }}\nSubject: hi\n\nhi\n")
+    write_list(tmp_path / "merged.csv", [("Ann", "ann@example.com", ""), ("Di", "di@@example.com", "")])
+
+    run = mailmerge(tmp_path, "send", "merged.csv", "-t", "news.txt", "--yes")
+
+    assert run.returncode == 3, run.stderr
+    line = report(tmp_path / "merged.report.csv")[3]
+    assert (line["status"], line["address"]) == ("invalid", "di@@example.com")  # not the parser's "@example.com"
