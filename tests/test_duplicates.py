@@ -182,3 +182,13 @@ def test_a_broken_address_is_reported_as_the_list_wrote_it(tmp_path: Path, plain
     assert run.returncode == 3, run.stderr
     line = report(tmp_path / "merged.report.csv")[3]
     assert (line["status"], line["address"]) == ("invalid", "di@@example.com")  # not the parser's "@example.com"
+
+
+def test_a_row_repeating_an_invalid_row_is_sent(tmp_path: Path, plain_server: SmtpTestServer) -> None:
+    setup(tmp_path, plain_server, [("Ann", "ann@example.com", "missing.pdf"), ("Ann", "ann@example.com", "")])
+
+    run = mailmerge(tmp_path, "send", "merged.csv", "-t", "news.txt", "--yes")
+
+    assert received(plain_server) == Counter({"ann@example.com": 1}), run.stderr  # the invalid row sent her nothing
+    lines = report(tmp_path / "merged.report.csv")
+    assert (lines[2]["status"], lines[3]["status"]) == ("invalid", "sent")
