@@ -145,6 +145,8 @@ class Campaign:
         sheet: str | None = None,
         encoding: str | None = None,
         attachments_dir: str | Path | None = None,
+        allow_duplicates: bool = False,
+        case_sensitive_local_part: bool = False,
     ) -> Campaign:
         """Read the config, the list and the template, and check every row.
 
@@ -156,7 +158,10 @@ class Campaign:
         default: ``template`` in ``[message]`` of the config. ``config`` is a
         path or a :class:`~mailmerge.config.file.Config` (default: mailmerge.toml
         beside the list, then in the current folder). ``journal`` defaults to
-        ``.mailmerge/`` beside the list. Raises an
+        ``.mailmerge/`` beside the list. Each address gets one message: a row
+        whose To repeats an earlier row's To is ``duplicate`` and not sent,
+        unless ``allow_duplicates`` (addresses compared case-insensitively,
+        the local part too unless ``case_sensitive_local_part``). Raises an
         :class:`~mailmerge.errors.InputError` naming what is wrong.
         """
         if (source is None) == (rows is None):
@@ -176,11 +181,13 @@ class Campaign:
         mail = _load_template(template, settings, template_settings)
         # The drafts are spooled beside the list (or the journal): /tmp is often memory.
         near = list_path.parent if list_path is not None else folder.parent
-        plan = plan_merge(recipients, mail, settings.send.recipient_limit, spool_in=spool_folder(near))
+        plan = plan_merge(recipients, mail, settings.send.recipient_limit, spool_in=spool_folder(near),
+                          allow_duplicates=allow_duplicates, case_sensitive_local_part=case_sensitive_local_part)
         campaign_name = campaign_id(list_path, mail.text, name) if list_path is not None else str(name)
         marker = SentMarker(list_path) if list_path is not None else SentMarker(folder, path=folder.parent / ".mailmerge-sent")
         notes = [f"note: {note}" for note in recipients.notes]
         notes += [f"row {outcomes[0].row}: invalid: {outcomes[0].reason}" for outcomes in plan.invalid.values()]
+        notes += _duplicate_notes(plan)
         notes += [f"warning: {warning}" for warning in mail.url_warnings(recipients)]
         return cls(settings, plan, campaign_name, folder, list_path, marker, notes)
 
@@ -420,6 +427,17 @@ def _load_template(template: str | Path | MailTemplate | None, config: Config, s
     if path is None:
         raise ConfigError("which template? pass -t TEMPLATE, or set template in [message] of mailmerge.toml")
     return load_template(path, settings)
+
+
+def _duplicate_notes(plan: Plan) -> list[str]:
+    """One note for all the duplicates (a merged list can have thousands)."""
+    if not plan.duplicates:
+        return []
+    row, outcomes = next(iter(plan.duplicates.items()))
+    count = len(plan.duplicates)
+    rows = "1 row repeats" if count == 1 else f"{count} rows repeat"
+    return [f"note: {rows} the To address of an earlier row and will not be sent "
+            f"(the report says duplicate); first: row {row}: {outcomes[0].reason}"]
 
 
 def _protected_files(config: Config, list_path: Path | None, folder: Path) -> dict[Path, str]:

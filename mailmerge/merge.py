@@ -15,6 +15,7 @@ grow with the length of the list, and the list file is not read again.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,22 +38,67 @@ if TYPE_CHECKING:  # types only: the reader (and pandas) is loaded when a list i
     from .sources.recipients import Recipient, RecipientList
 
 
-def invalid_outcomes(row: int, draft: Draft | None, error: InvalidRow) -> list[Outcome]:
-    """One ``invalid`` outcome per address of the row (one line when it has none)."""
+_ANGLE_ADDRESS = re.compile(r"<([^<>]*)>\s*$")  # "Ann <ann@@example.com>"
+
+
+def invalid_outcomes(row: int, draft: Draft | None, error: InvalidRow, to: str = "") -> list[Outcome]:
+    """One ``invalid`` outcome per address of the row (one line when it has
+    none). ``to``, the To header as the row wrote it, stands for the address
+    when the row did not get as far as addresses or its To is the broken one:
+    the report can be filtered by address either way."""
+    inside = _ANGLE_ADDRESS.search(to)  # the address as written, without its name
+    to = inside.group(1).strip() if inside else to
     addresses = draft.recipients() if draft is not None else []
     if not addresses:
-        return [Outcome(row, "", error.address, Status.INVALID, None, error.reason)]
+        return [Outcome(row, "To" if to else "", to or error.address, Status.INVALID, None, error.reason)]
+    # A broken To as written: a parser may have made "a@@b" into "@b".
+    broken_to = bool(to) and error.address != "" and [box.address for f, box in addresses if f == "To"] == [error.address]
     return [
         Outcome(
             row,
             field,
-            box.address,
+            to if broken_to and field == "To" else box.address,
             Status.INVALID,
             None,
             error.reason if box.address == error.address else f"row not sent: {error.reason}",
         )
         for field, box in addresses
     ]
+
+
+def address_key(address: str, *, case_sensitive_local_part: bool = False) -> str:
+    """How addresses are compared for duplicates: the domain is always
+    case-insensitive; the local part too, unless ``case_sensitive_local_part``
+    (RFC 5321 allows a server to tell Ann@ from ann@; almost none do)."""
+    local, at, domain = address.rpartition("@")
+    return f"{local if case_sensitive_local_part else local.lower()}{at}{domain.lower()}"
+
+
+def duplicate_outcomes(row: int, envelope: list[EnvelopeRecipient], first: int) -> list[Outcome]:
+    """One ``duplicate`` outcome per address of a row whose To repeats row ``first``."""
+    reason = f"same To address as row {first}, which gets the message; --allow-duplicates sends every row"
+    return [Outcome(row, r.field, r.address, Status.DUPLICATE, None, reason) for r in envelope]
+
+
+class _Duplicates:
+    """Finds the rows whose To addresses all appeared as To in an earlier row
+    that will be sent. Cc and Bcc are not compared: a row is one message to
+    its To, and copying the same person on several messages is on purpose.
+    Rows are seen in list order, so every run finds the same duplicates."""
+
+    def __init__(self, case_sensitive_local_part: bool) -> None:
+        self.case_sensitive = case_sensitive_local_part
+        self.first_row: dict[str, int] = {}  # address key -> the first row sent to it
+
+    def repeated(self, row: int, envelope: list[EnvelopeRecipient]) -> int | None:
+        """The row this one repeats, or None (then its To addresses are remembered)."""
+        keys = [address_key(r.address, case_sensitive_local_part=self.case_sensitive)
+                for r in envelope if r.field == "To"]
+        if keys and all(key in self.first_row for key in keys):
+            return self.first_row[keys[0]]
+        for key in keys:
+            self.first_row.setdefault(key, row)
+        return None
 
 
 class PlannedRow:
@@ -78,12 +124,17 @@ class Plan:
     recipients: RecipientList
     template: MailTemplate
     invalid: dict[int, list[Outcome]] = field(default_factory=dict)  # by row number
+    duplicates: dict[int, list[Outcome]] = field(default_factory=dict)  # by row number: not sent, on purpose
     addresses: int = 0  # envelope recipients of the rows to send
     drafts: Spool[tuple[int, dict[str, str], bytes | None]] = field(default_factory=Spool)  # row, values, packed draft
 
     @property
     def to_send(self) -> int:
-        return len(self.recipients) - len(self.invalid)
+        return len(self.recipients) - len(self.invalid) - len(self.duplicates)
+
+    def skipped(self, row: int) -> list[Outcome] | None:
+        """The outcomes of a row that is not sent (invalid or duplicate), else None."""
+        return self.invalid.get(row) or self.duplicates.get(row)
 
     def rows(self) -> Iterator[PlannedRow]:
         """Every row of the list, in order, with its draft, read from disk."""
@@ -95,13 +146,15 @@ class Plan:
 
 def plan_merge(
     recipients: RecipientList, template: MailTemplate, limit: RecipientLimit | None = None,
-    *, spool_in: Path | None = None,
+    *, spool_in: Path | None = None, allow_duplicates: bool = False, case_sensitive_local_part: bool = False,
 ) -> Plan:
     """Render every row before anything is sent, once: the drafts are kept on
     disk, in a temporary file in ``spool_in`` (default: the list's folder,
     else the system's temporary folder), for the rest of the command. A row
     whose message would have more recipients than ``limit`` allows (default:
-    100) is invalid.
+    100) is invalid. A row whose To addresses all were the To of an earlier
+    row is a ``duplicate`` and is not sent, unless ``allow_duplicates``
+    (addresses compared as :func:`address_key` says).
 
     Raises :class:`~mailmerge.errors.TemplateError` when the template uses a
     name that is not a column, or fails on a row; an invalid row is recorded
@@ -110,15 +163,23 @@ def plan_merge(
     template.check_columns(recipients.columns, recipients.first_row)
     limit = limit or RecipientLimit()
     plan = Plan(recipients, template, drafts=Spool(spool_in or spool_folder(recipients.path.parent)))
+    duplicates = _Duplicates(case_sensitive_local_part)
     for recipient in recipients:
         # Render and check addresses; building the MIME message is left to the
         # send (a row it refuses there is still reported invalid, not lost).
         draft = None
         try:
             draft = template.render(recipient)
-            plan.addresses += len(check_addresses(draft, limit).envelope)
+            envelope = check_addresses(draft, limit).envelope
         except InvalidRow as error:
-            plan.invalid[recipient.row] = invalid_outcomes(recipient.row, draft, error)
+            to = template.to_text(recipient)
+            plan.invalid[recipient.row] = invalid_outcomes(recipient.row, draft, error, to)
+        else:
+            first = None if allow_duplicates else duplicates.repeated(recipient.row, envelope)
+            if first is not None:
+                plan.duplicates[recipient.row] = duplicate_outcomes(recipient.row, envelope, first)
+            else:
+                plan.addresses += len(envelope)
         plan.drafts.append((recipient.row, recipient.values, pack(draft) if draft is not None else None))
     return plan
 
@@ -126,9 +187,9 @@ def plan_merge(
 def message_of(plan: Plan, recipient: Recipient, draft: Draft | None) -> OutgoingMessage | list[Outcome]:
     """A planned row's message, or its ``invalid`` outcomes (from the plan, or
     when the message cannot be built)."""
-    invalid = plan.invalid.get(recipient.row)  # as the plan found it (e.g. over the recipient limit)
-    if invalid is not None:
-        return invalid
+    skipped = plan.skipped(recipient.row)  # as the plan found it (e.g. over the recipient limit, a duplicate)
+    if skipped is not None:
+        return skipped
     assert draft is not None  # a row that did not render is in plan.invalid
     try:
         return build_message(draft)
@@ -243,6 +304,7 @@ class Work:
     done: int  # rows whose every address is settled: sent, refused, unknown, bounced
     to_send: int  # rows with at least one address left to send
     invalid: int
+    duplicates: int = 0  # rows not sent because their To repeats an earlier row
 
 
 def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False) -> Work:
@@ -253,6 +315,8 @@ def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False
         if recipient.row in plan.invalid:
             continue
         _check_unchanged(plan, recipient, journaled)
+        if recipient.row in plan.duplicates:
+            continue
         if not journaled:  # the common case
             to_send += 1
         elif _row_is_done(recipient, journaled, resend_unknown) or not _left(
@@ -261,7 +325,7 @@ def count_work(plan: Plan, journal: JournalView, *, resend_unknown: bool = False
             done += 1
         else:
             to_send += 1
-    return Work(len(plan.recipients), done, to_send, len(plan.invalid))
+    return Work(len(plan.recipients), done, to_send, len(plan.invalid), len(plan.duplicates))
 
 
 # --- sending ---------------------------------------------------------------------
@@ -333,7 +397,7 @@ class _Run:
     def _row_jobs(self, resend_unknown: bool) -> Iterator[Job]:
         """A job for each row with something left to send, built when asked for."""
         for recipient, planned, journaled in _journaled_rows(self.plan, self.journal):
-            if recipient.row in self.plan.invalid or _row_is_done(recipient, journaled, resend_unknown):
+            if self.plan.skipped(recipient.row) is not None or _row_is_done(recipient, journaled, resend_unknown):
                 continue
             draft = planned.draft
             assert draft is not None  # a row that did not render is in plan.invalid
@@ -528,6 +592,8 @@ def campaign_outcomes(plan: Plan, journal: JournalView) -> Iterator[Outcome]:
     for recipient, planned, journaled in _read_journaled_rows(plan, journal):
         if recipient.row in plan.invalid and not any(e.state.reached for e in journaled):
             yield from plan.invalid[recipient.row]  # (a row sent before it turned invalid: as the journal says)
+        elif recipient.row in plan.duplicates and not any(e.state.reached for e in journaled):
+            yield from plan.duplicates[recipient.row]  # (one sent by a run with --allow-duplicates: as the journal says)
         elif not journaled:
             for target in _envelope(planned.draft):
                 yield Outcome(recipient.row, target.field, target.address, Status.NOT_SENT_YET, None,

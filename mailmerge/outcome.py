@@ -28,6 +28,7 @@ class Status(StrEnum):
     BOUNCED = "bounced"  # accepted, then returned: a delivery status notification came back
     NOT_SENT_YET = "not_sent_yet"  # the run stopped before it; the next run sends it
     IN_FLIGHT = "in_flight"  # journal only: the end of DATA is going out now
+    DUPLICATE = "duplicate"  # not sent: its To address already gets the message of an earlier row
 
     @classmethod
     def _missing_(cls, value: object) -> Status | None:
@@ -75,6 +76,9 @@ STATES: dict[Status, State] = {
     Status.IN_FLIGHT: State("being sent", done=False, sends_again=False, reached=True),  # unknown if the run died
     Status.DEFERRED: State("deferred", done=False, sends_again=True, reached=False),
     Status.NOT_SENT_YET: State("not sent yet", done=False, sends_again=True, reached=False),
+    # Done: skipped on purpose, the address gets the message of the row it
+    # repeats; a merged newsletter must not exit 3 for doing what it should.
+    Status.DUPLICATE: State("duplicate", done=True, sends_again=True, reached=False),
     Status.SENT: State("sent", done=True, sends_again=False, reached=True),
 }
 

@@ -46,9 +46,9 @@ def test_preview_check_and_status_json(tmp_path: Path, plain_server: SmtpTestSer
     run_cli("send", xlsx, "-t", template, "--yes", "--quiet")
     after = json.loads(run_cli("status", xlsx, "-t", template, "--json").stdout)
 
-    assert preview["counts"] == {"rows": 4, "to_send": 3, "invalid": 1}
+    assert preview["counts"] == {"rows": 4, "to_send": 3, "invalid": 1, "duplicates": 0}
     assert preview["rows"][0]["subject"] == "Hello 김민수" and preview["rows"][0]["to"] == ["minsu@example.com"]
-    assert preview["rows"][2] == {"row": 4, "valid": False,
+    assert preview["rows"][2] == {"row": 4, "valid": False, "status": "invalid",
                                   "reason": preview["rows"][2]["reason"]} and "not an address" in preview["rows"][2]["reason"]
     assert check["invalid"][0]["row"] == 4 and check["smtp"]["steps"][-1] == "QUIT"
     assert before["counts"]["not_sent_yet"] == 3 and after["counts"]["sent"] == 3
@@ -80,6 +80,18 @@ def test_test_send_goes_only_to_me_and_leaves_the_real_send_whole(tmp_path: Path
     assert "the real recipients got nothing" in test.stdout
     assert real.exit_code == 3  # the invalid row
     assert [m.rcpt_tos for m in server.messages[2:]] == [["minsu@example.com"], ["ann@example.com"], ["bob@example.com"]]
+
+
+def test_test_send_with_json_gives_one_document(tmp_path: Path, plain_server: SmtpTestServer) -> None:
+    xlsx, template = make(tmp_path)
+    write_config(tmp_path, plain_server, security="none", username=None)
+
+    run = run_cli("send", xlsx, "-t", template, "--yes", "--test-to", "me@example.org", "--limit", "2", "--json")
+
+    assert run.exit_code == 0, run.output
+    document = json.loads(run.stdout)
+    assert document["test_to"] == "me@example.org" and document["counts"] == {"sent": 2, "not_sent": 0}
+    assert [row["status"] for row in document["rows"]] == ["sent", "sent"]
 
 
 def test_without_a_terminal_one_line_per_message_and_a_summary_table(tmp_path: Path, plain_server: SmtpTestServer) -> None:

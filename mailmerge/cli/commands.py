@@ -104,6 +104,12 @@ CampaignOption = Annotated[
     str | None,
     typer.Option("--campaign", metavar="NAME", help="Name of the campaign in the journal (default: from the list's path and the template's text).", show_default=False),
 ]
+AllowDuplicatesOption = Annotated[
+    bool, typer.Option("--allow-duplicates", help="Send every row, even when its To address is the To of an earlier row (an invoice per row).")
+]
+CaseSensitiveOption = Annotated[
+    bool, typer.Option("--case-sensitive-local-part", help="Duplicates: Ann@example.com and ann@example.com are different people.")
+]
 OutboxOption = Annotated[
     Path | None,
     typer.Option(metavar="DIR", help="Write each message to DIR/ROW-address.eml instead of sending it (no account needed).", show_default=False),
@@ -113,12 +119,15 @@ OutboxOption = Annotated[
 def _open(
     ui: Ui, list_path: Path, template: Path | None, config_path: Path | None, sheet: str | None,
     encoding: str | None, attachments_dir: Path | None = None, name: str | None = None,
+    allow_duplicates: bool = False, case_sensitive_local_part: bool = False,
 ) -> Campaign:
     """Read the config, the list and the template, check every row, and say what was found."""
     from ..campaign import Campaign
 
     campaign = ui.run(lambda: Campaign.open(list_path, template, config=config_path, name=name, sheet=sheet,
-                                            encoding=encoding, attachments_dir=attachments_dir))
+                                            encoding=encoding, attachments_dir=attachments_dir,
+                                            allow_duplicates=allow_duplicates,
+                                            case_sensitive_local_part=case_sensitive_local_part))
     for note in campaign.notes:
         ui.note(note)
     return campaign
@@ -139,6 +148,8 @@ def preview(
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
+    case_sensitive_local_part: CaseSensitiveOption = False,
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -151,7 +162,8 @@ def preview(
     from .ui import Ui, message_json
 
     ui = Ui("preview", debug=debug, json=json_out)
-    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir)
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir,
+                     allow_duplicates=allow_duplicates, case_sensitive_local_part=case_sensitive_local_part)
     plan = campaign.plan
     if html is not None:
         _preview_html(ui, plan, html, open_html)
@@ -161,9 +173,10 @@ def preview(
         if (row is not None and recipient.row != row) or (limit is not None and len(shown) >= limit):
             continue
         if isinstance(message, list):
-            shown.append({"row": recipient.row, "valid": False, "reason": message[0].reason})
+            shown.append({"row": recipient.row, "valid": False, "status": message[0].status.value,
+                          "reason": message[0].reason})
             ui.say(f"──── row {recipient.row} " + "─" * 40, style="cyan")
-            ui.say(f"invalid, will not be sent: {message[0].reason}", style="yellow")
+            ui.say(f"{message[0].status.label}, will not be sent: {message[0].reason}", style="yellow")
             continue
         shown.append(message_json(message))
         ui.say(f"──── row {recipient.row} " + "─" * 40, style="cyan")
@@ -173,10 +186,21 @@ def preview(
     if row is not None and not shown:
         ui.fail(InputError(f"no row {row} in {list_path}"))
     if ui.json:
-        ui.emit({"counts": {"rows": len(plan.recipients), "to_send": plan.to_send, "invalid": len(plan.invalid)},
-                 "rows": shown})
+        ui.emit({"counts": _plan_counts(plan), "rows": shown})
     else:
-        ui.note(f"{plan.to_send} to send, {len(plan.invalid)} invalid, of {len(plan.recipients)} rows", style=None)
+        ui.note(f"{plan.to_send} to send, {len(plan.invalid)} invalid{_duplicates(plan)}, of {len(plan.recipients)} rows",
+                style=None)
+
+
+def _plan_counts(plan: Plan) -> dict[str, int]:
+    return {"rows": len(plan.recipients), "to_send": plan.to_send, "invalid": len(plan.invalid),
+            "duplicates": len(plan.duplicates)}
+
+
+def _duplicates(plan: Plan) -> str:
+    """``, 2 duplicates`` when there are any (--allow-duplicates sends them)."""
+    count = len(plan.duplicates)
+    return f", {count} {'duplicate' if count == 1 else 'duplicates'} (not sent)" if count else ""
 
 
 def _preview_html(ui: Ui, plan: Plan, folder: Path, open_page: bool) -> None:
@@ -187,7 +211,7 @@ def _preview_html(ui: Ui, plan: Plan, folder: Path, open_page: bool) -> None:
     from .htmlpreview import write_html_preview
 
     index = ui.run(lambda: write_html_preview(plan, folder))
-    counts = {"rows": len(plan.recipients), "to_send": plan.to_send, "invalid": len(plan.invalid)}
+    counts = _plan_counts(plan)
     if ui.json:
         ui.emit({"counts": counts, "index": str(index)})
     else:
@@ -239,6 +263,8 @@ def send(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")] = False,
     verbose: VerboseOption = False,
     json_out: JsonOption = False,
+    allow_duplicates: AllowDuplicatesOption = False,
+    case_sensitive_local_part: CaseSensitiveOption = False,
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
@@ -259,7 +285,8 @@ def send(
     from .ui import Ui
 
     ui = Ui("send", debug=debug, json=json_out, quiet=quiet)
-    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name)
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name,
+                     allow_duplicates, case_sensitive_local_part)
     pace = ui.run(lambda: _pace(campaign.config.send, rate, batch_size, batch_pause, max_messages, connections))
     if dry_run:
         _dry_run(ui, campaign, ui.run(lambda: campaign.send(outbox=outbox, dry_run=True, resend_unknown=resend_unknown)))
@@ -384,11 +411,12 @@ def _dry_run(ui: Ui, campaign: Campaign, result: SendResult) -> NoReturn:
     assert work is not None
     if ui.json:
         ui.emit({"dry_run": True, "counts": {"rows": work.rows, "to_send": work.to_send, "already_sent": work.done,
-                                             "invalid": work.invalid, "addresses": plan.addresses},
+                                             "invalid": work.invalid, "duplicates": work.duplicates,
+                                             "addresses": plan.addresses},
                  "invalid": [{"row": row, "reason": outcomes[0].reason} for row, outcomes in plan.invalid.items()]})
     ui.say(
         f"dry run: would send {work.to_send} messages ({work.done} already sent) to "
-        f"{plan.addresses} addresses; {work.invalid} rows invalid. Nothing was sent."
+        f"{plan.addresses} addresses; {work.invalid} rows invalid{_duplicates(plan)}. Nothing was sent."
     )
     raise typer.Exit(EXIT_REFUSED if plan.invalid else EXIT_OK)
 
@@ -401,6 +429,8 @@ def _test_send(ui: Ui, campaign: Campaign, address: str, limit: int, yes: bool, 
     outcomes = ui.run(lambda: campaign.send_test(address, limit=limit, events=events))
     sent = sum(o.status.value == "sent" for o in outcomes)
     if ui.json:
+        from .ui import rows_json
+
         ui.emit({"test_to": address, "counts": {"sent": sent, "not_sent": len(outcomes) - sent}, "rows": rows_json(outcomes)})
     ui.say(f"test send: {sent} of {len(outcomes)} messages delivered to {address} (subjects start with [TEST]); "
            "the real recipients got nothing")
@@ -452,7 +482,7 @@ def _say_where_we_are(ui: Ui, start: Start) -> None:
             "(maybe delivered) and are not sent again; --resend-unknown sends them."
         )
     if work.done and work.to_send:
-        ui.note(f"{work.done:,} of {work.rows - work.invalid:,} already sent; sending the other {work.to_send:,}", style=None)
+        ui.note(f"{work.done:,} of {work.rows - work.invalid - work.duplicates:,} already sent; sending the other {work.to_send:,}", style=None)
     elif work.done:
         ui.note(f"Nothing left to send: all {work.done:,} rows were sent (or refused) by an earlier run.", style=None)
     for other, count in start.other_campaigns:
@@ -541,6 +571,8 @@ def check(
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
+    case_sensitive_local_part: CaseSensitiveOption = False,
     verbose: VerboseOption = False,
     json_out: JsonOption = False,
     debug: DebugOption = False,
@@ -552,9 +584,10 @@ def check(
     from .ui import Ui
 
     ui = Ui("check", debug=debug, json=json_out)
-    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir)
+    campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir,
+                     allow_duplicates=allow_duplicates, case_sensitive_local_part=case_sensitive_local_part)
     plan = campaign.plan
-    ui.say(f"list and template: {plan.to_send} rows can be sent, {len(plan.invalid)} invalid")
+    ui.say(f"list and template: {plan.to_send} rows can be sent, {len(plan.invalid)} invalid{_duplicates(plan)}")
     steps: list[str] = []
     if smtp_check:
 
@@ -565,7 +598,7 @@ def check(
         ui.run(lambda: campaign.check_smtp(events=_SendEvents(ui, yes=True, verbose=verbose), step=step))
     if ui.json:
         ui.emit({
-            "counts": {"rows": len(plan.recipients), "to_send": plan.to_send, "invalid": len(plan.invalid)},
+            "counts": _plan_counts(plan),
             "invalid": [{"row": row, "reason": outcomes[0].reason} for row, outcomes in plan.invalid.items()],
             "warnings": plan.template.url_warnings(plan.recipients),
             "smtp": {"checked": smtp_check, "steps": steps},

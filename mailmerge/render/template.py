@@ -419,6 +419,20 @@ class MailTemplate:
         _check_size(draft)
         return draft
 
+    def to_text(self, recipient: Recipient) -> str:
+        """The To header as this row renders it, unchecked ("" when it does not
+        render): the address of a row that is invalid for another reason, for
+        the report (which makes its control characters visible)."""
+        texts = []
+        for part in self.parts:
+            if part.name == "To":
+                self._placeholders.values = []
+                try:
+                    texts.append(self._placeholders.restore(self._render(part, recipient)).strip())
+                except TemplateError:
+                    return ""
+        return ", ".join(text for text in texts if text)
+
     def _file(self, text: str, *, from_list: bool, what: str) -> Path:
         """The file an Attachment, Style or image names (see the module's docstring)."""
         if not from_list:
