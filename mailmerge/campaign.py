@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config.file import Config, SendConfig, SmtpConfig, find_config, load_config
-from .errors import ConfigError, InputError, MailmergeError, RecipientsError
+from .config.file import Config, SendConfig, SmtpConfig, config_folders, find_config, load_config
+from .errors import ConfigError, InputError, MailmergeError, RecipientsError, TemplateError
 from .state.journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_to_send, open_view
 from .state.marker import SentMarker, check_journal_kept
 from .merge import (
@@ -157,7 +157,8 @@ class Campaign:
         :meth:`MailTemplate.from_string <mailmerge.render.template.MailTemplate.from_string>`;
         default: ``template`` in ``[message]`` of the config. ``config`` is a
         path or a :class:`~mailmerge.config.file.Config` (default: mailmerge.toml
-        beside the list, then in the current folder). ``journal`` defaults to
+        beside the list, beside the template, in their parent folders, then in
+        the current folder). ``journal`` defaults to
         ``.mailmerge/`` beside the list. Each address gets one message: a row
         whose To repeats an earlier row's To is ``duplicate`` and not sent,
         unless ``allow_duplicates`` (addresses compared case-insensitively,
@@ -169,7 +170,7 @@ class Campaign:
         list_path = Path(source) if source is not None else None
         if list_path is None and (journal is None or not name):
             raise InputError("rows from Python need journal= (the journal's folder) and name= (the campaign's name)")
-        settings = _load_config(config, list_path)
+        settings = _load_config(config, list_path, template)
         folder = Path(journal) if journal is not None else journal_folder(list_path)  # type: ignore[arg-type]
         recipients = _read_list(list_path, sheet, encoding) if list_path is not None else _python_rows(rows)
         template_settings = TemplateConfig(
@@ -181,8 +182,13 @@ class Campaign:
         mail = _load_template(template, settings, template_settings)
         # The drafts are spooled beside the list (or the journal): /tmp is often memory.
         near = list_path.parent if list_path is not None else folder.parent
-        plan = plan_merge(recipients, mail, settings.send.recipient_limit, spool_in=spool_folder(near),
-                          allow_duplicates=allow_duplicates, case_sensitive_local_part=case_sensitive_local_part)
+        try:
+            plan = plan_merge(recipients, mail, settings.send.recipient_limit, spool_in=spool_folder(near),
+                              allow_duplicates=allow_duplicates, case_sensitive_local_part=case_sensitive_local_part)
+        except TemplateError as error:
+            if settings.path is None and "'From:'" in str(error):  # a config would have given From
+                raise TemplateError(f"{error}; {settings.not_found()}") from error
+            raise
         campaign_name = campaign_id(list_path, mail.text, name) if list_path is not None else str(name)
         marker = SentMarker(list_path) if list_path is not None else SentMarker(folder, path=folder.parent / ".mailmerge-sent")
         notes = [f"note: {note}" for note in recipients.notes]
@@ -387,11 +393,19 @@ class Campaign:
 # --- reading what a campaign is made of --------------------------------------------
 
 
-def _load_config(config: str | Path | Config | None, list_path: Path | None) -> Config:
+def _load_config(config: str | Path | Config | None, list_path: Path | None,
+                 template: str | Path | MailTemplate | None = None) -> Config:
     if isinstance(config, Config):
         return config
     explicit = Path(config) if config is not None else None
-    return load_config(find_config(list_path or Path.cwd() / "rows", explicit))
+    if isinstance(template, MailTemplate):
+        template_path: Path | None = template.path
+    else:
+        template_path = Path(template) if template is not None and "\n" not in str(template) else None
+    settings = load_config(find_config(list_path, explicit, template_path))
+    if settings.path is None:
+        settings.searched = tuple(config_folders(list_path, template_path))
+    return settings
 
 
 def _read_list(path: Path, sheet: str | None, encoding: str | None) -> RecipientList:
@@ -425,7 +439,8 @@ def _load_template(template: str | Path | MailTemplate | None, config: Config, s
         return template_from_text(template, Path.cwd() / "template.txt", settings)
     path = Path(template) if template is not None else config.message.template
     if path is None:
-        raise ConfigError("which template? pass -t TEMPLATE, or set template in [message] of mailmerge.toml")
+        missing = f"; {config.not_found()}" if config.path is None else ""
+        raise ConfigError(f"which template? pass -t TEMPLATE, or set template in [message] of mailmerge.toml{missing}")
     return load_template(path, settings)
 
 

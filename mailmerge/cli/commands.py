@@ -86,7 +86,7 @@ TemplateOption = Annotated[
 ]
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", metavar="FILE", help="The config file (default: mailmerge.toml beside the list, then here).", show_default=False),
+    typer.Option("--config", "-c", metavar="FILE", help="The config file (default: the first mailmerge.toml beside the list or template, in their parent folders, then here).", show_default=False),
 ]
 SheetOption = Annotated[str | None, typer.Option(metavar="NAME", help="Excel sheet to read (default: the one open when the file was saved).", show_default=False)]
 EncodingOption = Annotated[
@@ -287,6 +287,8 @@ def send(
     ui = Ui("send", debug=debug, json=json_out, quiet=quiet)
     campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir, campaign_name,
                      allow_duplicates, case_sensitive_local_part)
+    if verbose:
+        ui.note(f"config: {campaign.config.path or campaign.config.not_found()}")
     pace = ui.run(lambda: _pace(campaign.config.send, rate, batch_size, batch_pause, max_messages, connections))
     if dry_run:
         _dry_run(ui, campaign, ui.run(lambda: campaign.send(outbox=outbox, dry_run=True, resend_unknown=resend_unknown)))
@@ -586,8 +588,8 @@ def check(
     ui = Ui("check", debug=debug, json=json_out)
     campaign = _open(ui, list_path, template, config, sheet, encoding, attachments_dir,
                      allow_duplicates=allow_duplicates, case_sensitive_local_part=case_sensitive_local_part)
-    plan = campaign.plan
-    ui.say(f"list and template: {plan.to_send} rows can be sent, {len(plan.invalid)} invalid{_duplicates(plan)}")
+    if verbose:
+        ui.note(f"config: {campaign.config.path or campaign.config.not_found()}")
     steps: list[str] = []
     if smtp_check:
 

@@ -16,7 +16,8 @@
     from = "Me <me@gmail.com>"
     list_id = "Club news <news.club.example.com>"   # optional: List-Id (RFC 2919)
 
-The file is looked for beside the list, then in the current folder, unless
+The file is looked for beside the list, beside the template, then in their
+parent folders, then in the current folder (the first found wins), unless
 given with ``--config``. Every ``[smtp]`` key can be overridden by an
 environment variable ``MAILMERGE_SMTP_<KEY>`` (also from a ``.env`` file
 beside the config). The password is never in the file: see ``credentials``.
@@ -142,14 +143,23 @@ class Config:
     message: MessageConfig = field(default_factory=MessageConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
     path: Path | None = None
+    searched: tuple[Path, ...] = ()  # the folders looked in when no file was found
+
+    def not_found(self) -> str:
+        """Where no config file was found, for an error that needs one ("" if one was used)."""
+        if self.path is not None:
+            return ""
+        folders = [str(folder) for folder in self.searched or (Path.cwd(),)]
+        listed = folders[0] if len(folders) == 1 else ", ".join(folders[:-1]) + " or " + folders[-1]
+        return f"no {CONFIG_NAME} in {listed} (pass --config FILE if it is elsewhere)"
 
     def require_server(self) -> SmtpConfig:
         """The SMTP settings, or a ConfigError saying how to give them."""
         smtp = self.smtp
         if not smtp.host:
-            where = f"in {self.path}" if self.path else f"(no {CONFIG_NAME} beside the list or here)"
+            where = f" in {self.path}:" if self.path else f": {self.not_found()};"
             raise ConfigError(
-                f"no SMTP server configured {where}: set provider or host in [smtp] (see the "
+                f"no SMTP server configured{where} set provider or host in [smtp] (see the "
                 "README), or try the whole path locally with --outbox DIR"
             )
         if smtp.security == "none" and smtp.username and not smtp.allow_insecure_auth:
@@ -175,15 +185,24 @@ _SEND_KEYS = (
 )
 
 
-def find_config(list_path: Path, explicit: Path | None = None) -> Path | None:
-    """The config file to use: ``explicit``, else beside the list, else here."""
+def config_folders(list_path: Path | None, template: Path | None = None) -> list[Path]:
+    """The folders looked in for the config, in order: beside the list, beside
+    the template, their parent folders, then the current folder."""
+    beside = [path.resolve().parent for path in (list_path, template) if path is not None]
+    folders = [*beside, *(folder.parent for folder in beside), Path.cwd()]
+    return list(dict.fromkeys(folders))  # each once, the first place kept
+
+
+def find_config(list_path: Path | None, explicit: Path | None = None, template: Path | None = None) -> Path | None:
+    """The config file to use: ``explicit``, else the first found in
+    :func:`config_folders`; None when there is none."""
     if explicit is not None:
         if not explicit.is_file():
             raise ConfigError(f"{explicit}: no such config file")
         return explicit
-    for candidate in (list_path.parent / CONFIG_NAME, Path.cwd() / CONFIG_NAME):
-        if candidate.is_file():
-            return candidate
+    for folder in config_folders(list_path, template):
+        if (folder / CONFIG_NAME).is_file():
+            return folder / CONFIG_NAME
     return None
 
 
