@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config.file import Config, SendConfig, SmtpConfig, config_folders, find_config, load_config
-from .errors import ConfigError, InputError, MailmergeError, RecipientsError, TemplateError
+from .errors import ConfigError, InputError, MailmergeError, NoSender, RecipientsError
 from .state.journal import JOURNAL_FOLDER, Journal, campaign_id, journal_folder, open_to_send, open_view
 from .state.marker import SentMarker, check_journal_kept
 from .merge import (
@@ -185,9 +185,9 @@ class Campaign:
         try:
             plan = plan_merge(recipients, mail, settings.send.recipient_limit, spool_in=spool_folder(near),
                               allow_duplicates=allow_duplicates, case_sensitive_local_part=case_sensitive_local_part)
-        except TemplateError as error:
-            if settings.path is None and "'From:'" in str(error):  # a config would have given From
-                raise TemplateError(f"{error}; {settings.not_found()}") from error
+        except NoSender as error:
+            if settings.path is None:  # a config would have given From
+                raise NoSender(f"{error}; {settings.not_found()}") from error
             raise
         campaign_name = campaign_id(list_path, mail.text, name) if list_path is not None else str(name)
         marker = SentMarker(list_path) if list_path is not None else SentMarker(folder, path=folder.parent / ".mailmerge-sent")

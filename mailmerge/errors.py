@@ -40,6 +40,10 @@ class TemplateError(InputError):
     """The template cannot be read, parsed or rendered."""
 
 
+class NoSender(TemplateError):
+    """Neither the template nor the config says who the mail is from."""
+
+
 class ConfigError(InputError):
     """The configuration file or an option is wrong."""
 

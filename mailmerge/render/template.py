@@ -56,7 +56,7 @@ from jinja2.nodes import EvalContext
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
-from ..errors import InvalidRow, TemplateError, did_you_mean
+from ..errors import InvalidRow, NoSender, TemplateError, did_you_mean
 from .content import html_to_text, inline_css, local_images, markdown_to_html, resolve_file, resolve_list_file
 from .filters import FILTERS
 from .jinja_internals import render as render_jinja
@@ -350,7 +350,7 @@ class MailTemplate:
             part.compiled = self._address_env.from_string(part.source)
             self.parts.append(part)
         if not any(p.name == "From" for p in self.parts):
-            raise TemplateError(
+            raise NoSender(
                 f"{self.path}: no 'From:' header; add one to the template, or set "
                 "'from' in the [message] section of mailmerge.toml"
             )
