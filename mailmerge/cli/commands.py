@@ -197,6 +197,11 @@ def _plan_counts(plan: Plan) -> dict[str, int]:
             "duplicates": len(plan.duplicates)}
 
 
+def _rows(count: int) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{count:,} {'row' if count == 1 else 'rows'}"
+
+
 def _duplicates(plan: Plan) -> str:
     """``, 2 duplicates`` when there are any (--allow-duplicates sends them)."""
     count = len(plan.duplicates)
@@ -274,6 +279,7 @@ def send(
 
     Run the same command again after an interruption: what was sent is skipped.
 
+    \b
     Example:  mailmerge send list.xlsx -t invoice.txt --rate 20/min
     Try it:   mailmerge send list.xlsx -t invoice.txt --test-to me@example.com
 
@@ -294,7 +300,7 @@ def send(
         _dry_run(ui, campaign, ui.run(lambda: campaign.send(outbox=outbox, dry_run=True, resend_unknown=resend_unknown)))
     if test_to is not None:
         _test_send(ui, campaign, test_to, limit, yes, verbose)
-    events, report_path = _SendEvents(ui, yes=yes, verbose=verbose), report or default_report_path(list_path)
+    events, report_path = _SendEvents(ui, yes=yes, verbose=verbose, named=campaign_name is not None), report or default_report_path(list_path)
     try:
         result = ui.run(lambda: campaign.send(outbox=outbox, restart=restart, resend_unknown=resend_unknown,
                                                pace=pace, events=events, report=report_path, sent_folder=sent_folder))
@@ -316,8 +322,8 @@ class _SendEvents:
     inheriting from it, so that this module does not import the campaign
     (and pandas) before a command runs."""
 
-    def __init__(self, ui: Ui, *, yes: bool, verbose: bool) -> None:
-        self.ui, self.yes = ui, yes
+    def __init__(self, ui: Ui, *, yes: bool, verbose: bool, named: bool = False) -> None:
+        self.ui, self.yes, self.named = ui, yes, named
         self.log = (lambda line: ui.note(line, style=None)) if verbose else None
         self.prompt = _prompt()
         self.progress: SendProgress | None = None
@@ -327,7 +333,7 @@ class _SendEvents:
         return self.yes or (sys.stdin.isatty() and typer.confirm("Forget what this campaign sent and send every row again?"))
 
     def starting(self, start: Start) -> bool:
-        _say_where_we_are(self.ui, start)
+        _say_where_we_are(self.ui, start, self.named)
         self.started = time.monotonic()
         if start.work.to_send and start.outbox is not None:
             self.ui.note(f"Writing {start.work.to_send} messages to the outbox {start.outbox}/ (nothing leaves this machine)", style=None)
@@ -418,7 +424,7 @@ def _dry_run(ui: Ui, campaign: Campaign, result: SendResult) -> NoReturn:
                  "invalid": [{"row": row, "reason": outcomes[0].reason} for row, outcomes in plan.invalid.items()]})
     ui.say(
         f"dry run: would send {work.to_send} messages ({work.done} already sent) to "
-        f"{plan.addresses} addresses; {work.invalid} rows invalid{_duplicates(plan)}. Nothing was sent."
+        f"{plan.addresses} addresses; {_rows(work.invalid)} invalid{_duplicates(plan)}. Nothing was sent."
     )
     raise typer.Exit(EXIT_REFUSED if plan.invalid else EXIT_OK)
 
@@ -476,7 +482,7 @@ def _pace(
     return settings
 
 
-def _say_where_we_are(ui: Ui, start: Start) -> None:
+def _say_where_we_are(ui: Ui, start: Start, named: bool) -> None:
     work = start.work
     if start.recovered:
         ui.note(
@@ -488,11 +494,17 @@ def _say_where_we_are(ui: Ui, start: Start) -> None:
     elif work.done:
         ui.note(f"Nothing left to send: all {work.done:,} rows were sent (or refused) by an earlier run.", style=None)
     for other, count in start.other_campaigns:
+        # Only two unnamed campaigns differ by the template's text; a name is chosen with --campaign.
+        why = "with another version of the template" if not named and _is_hash(other) else "under another campaign name"
         ui.note(
             f"note: {count} messages of this list were sent by another campaign ({other}), "
-            "with another version of the template. If this is the same mailing, stop and "
-            "pass --campaign with one name for both."
+            f"{why}. If this is the same mailing, stop and pass --campaign with one name for both."
         )
+
+
+def _is_hash(campaign: str) -> bool:
+    """True for a campaign id made from the list and template (no --campaign)."""
+    return len(campaign) == 16 and all(c in "0123456789abcdef" for c in campaign)
 
 
 def _finish(ui: Ui, campaign: Campaign, result: SendResult, report_path: Path, started: float,
@@ -523,8 +535,8 @@ def _finish(ui: Ui, campaign: Campaign, result: SendResult, report_path: Path, s
         })
     else:
         if not ui.quiet:
-            out.print(summary_table(summary, seconds, result.messages, report_path))
-        ui.say(summary.line())
+            out.print(summary_table(summary, seconds, result.messages, report_path, outbox=outbox is not None))
+        ui.say(summary.line(outbox=outbox is not None))
         ui.say(f"report: {report_path}")  # a list's file name can come from a stranger too
     raise typer.Exit(code)
 
@@ -620,7 +632,7 @@ def bounces(
     sheet: SheetOption = None,
     encoding: EncodingOption = None,
     attachments_dir: AttachmentsOption = None,
-    verbose: VerboseOption = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the IMAP conversation (passwords masked).")] = False,
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -678,7 +690,10 @@ def _say_found(ui: Ui, found: BounceResult) -> None:
 
 
 @app.command()
-def login(config: ConfigOption = None, debug: DebugOption = False) -> None:
+def login(
+    config: Annotated[Path | None, typer.Option("--config", "-c", metavar="FILE", help="The config file (default: mailmerge.toml here).", show_default=False)] = None,
+    debug: DebugOption = False,
+) -> None:
     """Store the SMTP password in the system keyring (asked for, or read from standard input).
 
     Example:  mailmerge login --config mailmerge.toml

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from ..errors import MailmergeError
 from ..outcome import REPORTED, Outcome, Status, row_status
-from ..state.report import Summary
+from ..state.report import Summary, word
 from ..untrusted import visible
 
 if TYPE_CHECKING:  # the email stack is imported when a message is shown, not for `mailmerge --help`
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the email stack is imported when a message is shown, not fo
 T = TypeVar("T")
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 out = Console(highlight=False, soft_wrap=True, emoji=False)
+LABEL = 32  # the widest label the progress bar keeps whole on an 80-column terminal
 LINES = "\n\t"  # the control characters a multi-line text may keep on the terminal
 
 # Inside JSON strings, the control characters json.dumps leaves raw (DEL, C1,
@@ -103,7 +104,7 @@ class SendProgress:
     def __enter__(self) -> SendProgress:
         if err.is_terminal and not self.ui.quiet:
             columns = (
-                TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description}", markup=False), BarColumn(bar_width=None), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]} msg/s"), TimeRemainingColumn(),
                 TextColumn("refused {task.fields[problems]}"),
             )
@@ -136,7 +137,10 @@ class SendProgress:
         """News (a pause, a reconnection): the bar's label on a terminal."""
         text = visible(text)
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, description=text if len(text) < 60 else text[:57] + "...")
+            # The whole notice goes above the bar; the bar keeps its last clause
+            # ("pausing 60 s, until 09:12"), short enough for 80 columns.
+            label = text.rsplit("; ", 1)[-1]
+            self._progress.update(self._task, description=label if len(label) <= LABEL else label[:LABEL - 1] + "…")
             self._progress.console.print(text, markup=False)
         elif not self.ui.quiet:
             err.print(text, markup=False)
@@ -148,17 +152,17 @@ def _outcome_line(o: Outcome) -> str:
     return visible(f"row {o.row}: {o.status.label} {o.address}{detail}")
 
 
-def summary_table(summary: Summary, seconds: float, messages: int, report: Path) -> Table:
-    """The table after a send: rows per state, time, speed, the report."""
+def summary_table(summary: Summary, seconds: float, messages: int, report: Path, outbox: bool = False) -> Table:
+    """The table after a send: rows per state, time, speed (the report's
+    path follows on a line of its own, whole, where a table would cut it)."""
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     for state in REPORTED:
         if state is not Status.BOUNCED or summary.counts[state]:  # bounces come later, from the inbox
-            table.add_row(state.label, f"{summary.counts[state]:,}")
+            table.add_row(word(state, outbox), f"{summary.counts[state]:,}")
     table.add_row("time", f"{seconds:.1f} s")
     table.add_row("messages/s", f"{messages / seconds:.1f}" if seconds > 0 else "-")
-    table.add_row("report", visible(str(report)))
     return table
 
 

@@ -74,9 +74,14 @@ class Summary:
         """Every row is in a state that counts as done (exit code 0)."""
         return all(status.done for status, count in self.counts.items() if count)
 
-    def line(self) -> str:
+    def line(self, outbox: bool = False) -> str:
         """``sent N, refused M, invalid K``, then the other states that occur,
-        in words for people (``not sent yet 3``)."""
+        in words for people (``not sent yet 3``); ``written`` for an outbox."""
         always = (Status.SENT, Status.REFUSED, Status.INVALID)
         shown = [*always, *(s for s in REPORTED if s not in always and self.counts[s])]
-        return ", ".join(f"{status.label} {self.counts[status]}" for status in shown)
+        return ", ".join(f"{word(status, outbox)} {self.counts[status]:,}" for status in shown)
+
+
+def word(status: Status, outbox: bool = False) -> str:
+    """The state's word for people; a message written to an outbox was not sent."""
+    return "written" if outbox and status is Status.SENT else status.label
