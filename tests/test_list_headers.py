@@ -180,7 +180,7 @@ def test_a_uri_longer_than_a_line_makes_the_row_invalid(tmp_path: Path) -> None:
     run = run_cli("check", xlsx, "-t", template)
 
     assert run.exit_code == 3, run.output
-    assert "1 rows can be sent, 1 invalid" in run.output
+    assert "1 row can be sent, 1 invalid" in run.output
     length = len(ONE_CLICK.replace("{{ email | urlencode }}", "ann%40example.org").replace("{{ sig }}", "s" * 1000))
     assert f"row 2: invalid: the List-Unsubscribe address is {length:,} characters long, and a line of a " \
            "message may hold at most 998 (RFC 5322); use a shorter URL" in " ".join(run.stderr.split())

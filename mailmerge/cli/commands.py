@@ -602,6 +602,8 @@ def check(
                      allow_duplicates=allow_duplicates, case_sensitive_local_part=case_sensitive_local_part)
     if verbose:
         ui.note(f"config: {campaign.config.path or campaign.config.not_found()}")
+    plan = campaign.plan
+    ui.say(f"list and template: {_rows(plan.to_send)} can be sent, {len(plan.invalid)} invalid{_duplicates(plan)}")
     steps: list[str] = []
     if smtp_check:
 
