@@ -55,6 +55,8 @@ def test_outbox_run_says_written_and_names_the_report_once(tmp_path: Path) -> No
     assert "written 3, refused 0, invalid 0" in lines
     assert not any(line.startswith("sent") for line in lines)
     assert [line for line in lines if line.startswith("report")] == [f"report: {tmp_path / 'list.report.csv'}"]
+    per_message = result.stderr.splitlines()  # one line per message without a terminal
+    assert "row 2: written ann@example.com" in per_message and not any(": sent " in line for line in per_message)
 
 
 def test_bounces_verbose_speaks_imap() -> None:

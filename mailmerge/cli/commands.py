@@ -328,6 +328,7 @@ class _SendEvents:
         self.prompt = _prompt()
         self.progress: SendProgress | None = None
         self.started = time.monotonic()
+        self.outbox = False  # messages are written to files, not sent
 
     def confirm_restart(self) -> bool:
         return self.yes or (sys.stdin.isatty() and typer.confirm("Forget what this campaign sent and send every row again?"))
@@ -335,6 +336,7 @@ class _SendEvents:
     def starting(self, start: Start) -> bool:
         _say_where_we_are(self.ui, start, self.named)
         self.started = time.monotonic()
+        self.outbox = start.outbox is not None
         if start.work.to_send and start.outbox is not None:
             self.ui.note(f"Writing {start.work.to_send} messages to the outbox {start.outbox}/ (nothing leaves this machine)", style=None)
         elif start.work.to_send and start.smtp is not None:
@@ -351,7 +353,7 @@ class _SendEvents:
     def sending(self, total: int) -> None:
         from .ui import SendProgress
 
-        self.progress = SendProgress(self.ui, total).__enter__()
+        self.progress = SendProgress(self.ui, total, outbox=self.outbox).__enter__()
 
     def row(self, outcomes: list[Outcome]) -> None:
         if self.progress is not None:

@@ -96,6 +96,7 @@ class SendProgress:
 
     ui: Ui
     total: int
+    outbox: bool = False  # messages are written to files: "written", not "sent"
     started: float = field(default_factory=time.monotonic)
     problems: int = 0
     _progress: Progress | None = None
@@ -110,7 +111,8 @@ class SendProgress:
             )
             self._progress = Progress(*columns, console=err, transient=True)
             self._progress.start()
-            self._task = self._progress.add_task("sending", total=self.total, rate="-", problems=0)
+            self._task = self._progress.add_task("writing" if self.outbox else "sending", total=self.total,
+                                                 rate="-", problems=0)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -125,13 +127,13 @@ class SendProgress:
         if self._progress is not None and self._task is not None:
             for o in outcomes:
                 if o.status not in (Status.SENT, Status.INVALID):
-                    self._progress.console.print(_outcome_line(o), markup=False)
+                    self._progress.console.print(_outcome_line(o, self.outbox), markup=False)
             elapsed = max(time.monotonic() - self.started, 1e-6)
             done = self._progress.tasks[0].completed + 1
             self._progress.update(self._task, advance=1, rate=f"{done / elapsed:.1f}", problems=self.problems,
-                                  description="sending")
+                                  description="writing" if self.outbox else "sending")
         elif not self.ui.quiet:  # plain lines: rich's layout costs more than the send itself
-            sys.stderr.write("".join(_outcome_line(o) + "\n" for o in outcomes))
+            sys.stderr.write("".join(_outcome_line(o, self.outbox) + "\n" for o in outcomes))
 
     def notify(self, text: str) -> None:
         """News (a pause, a reconnection): the bar's label on a terminal."""
@@ -146,10 +148,10 @@ class SendProgress:
             err.print(text, markup=False)
 
 
-def _outcome_line(o: Outcome) -> str:
+def _outcome_line(o: Outcome, outbox: bool = False) -> str:
     code = f"{o.code} " if o.code else ""
     detail = f": {code}{o.reason}" if o.status is not Status.SENT else ""
-    return visible(f"row {o.row}: {o.status.label} {o.address}{detail}")
+    return visible(f"row {o.row}: {word(o.status, outbox)} {o.address}{detail}")
 
 
 def summary_table(summary: Summary, seconds: float, messages: int, report: Path, outbox: bool = False) -> Table:
