@@ -93,12 +93,16 @@ def test_check_preview_and_dry_run_say_how_many_duplicates(tmp_path: Path, plain
     check = mailmerge(tmp_path, "check", "merged.csv", "-t", "news.txt")
     preview = mailmerge(tmp_path, "preview", "merged.csv", "-t", "news.txt")
     dry = mailmerge(tmp_path, "send", "merged.csv", "-t", "news.txt", "--dry-run")
+    pages = mailmerge(tmp_path, "preview", "merged.csv", "-t", "news.txt", "--html", "pages")
 
     assert check.returncode == 0, check.stderr
     assert "2 rows can be sent, 0 invalid, 2 duplicates (not sent)" in check.stdout
     assert "2 to send, 0 invalid, 2 duplicates (not sent), of 4 rows" in preview.stderr
     assert "duplicate, will not be sent: same To address as row 2" in preview.stdout
     assert "would send 2 messages" in dry.stdout and "2 duplicates (not sent)" in dry.stdout, dry.stdout
+    index = (tmp_path / "pages" / "index.html").read_text(encoding="utf-8")
+    assert pages.returncode == 0 and "2 to send, 0 invalid, 2 duplicates, of 4 rows" in index
+    assert index.count("duplicate: same To address as row 2") == 2 and "invalid:" not in index
     assert plain_server.messages == []
 
 

@@ -65,6 +65,7 @@ class _IndexLine:
     subject: str
     reason: str  # "" when the row is ok
     page: str  # file name of the row's page
+    state: str = "invalid"  # why it is not sent: "invalid" or "duplicate"
 
 
 def write_html_preview(plan: Plan, folder: Path) -> Path:
@@ -78,7 +79,8 @@ def write_html_preview(plan: Plan, folder: Path) -> Path:
     index = folder / INDEX_NAME
     with index.open("w", encoding="utf-8", newline="\n") as out:
         out.write(_index_head(plan))
-        ok = invalid = 0
+        ok = 0
+        skipped: dict[str, int] = {}  # rows not sent, by state
         for planned in plan.rows():
             recipient, draft = planned.recipient, planned.draft
             rendered = message_of(plan, recipient, draft)
@@ -87,9 +89,9 @@ def write_html_preview(plan: Plan, folder: Path) -> Path:
                 ok += 1
             else:
                 line = _write_invalid(recipient, draft.subject if draft is not None else "", rendered, folder)
-                invalid += 1
+                skipped[line.state] = skipped.get(line.state, 0) + 1
             out.write(_index_row(line))
-        out.write(_index_foot(ok, invalid))
+        out.write(_index_foot(ok, skipped))
     return index
 
 
@@ -126,9 +128,10 @@ def _write_invalid(recipient: Recipient, subject: str, outcomes: list[Outcome], 
     """Write the page of a row that will not be sent, saying why (``subject``:
     "" when the row did not render)."""
     reason = outcomes[0].reason if outcomes else "invalid"
+    state = outcomes[0].status.label if outcomes else "invalid"  # invalid, or duplicate
     addresses = [f"{o.field}: {o.address}" if o.field else o.address for o in outcomes if o.address]
     stem = file_stem(recipient.row, next((o.address for o in outcomes if o.address), ""))
-    rows = [("Status", f'<span class="invalid">invalid, will not be sent: {escape(reason)}</span>')]
+    rows = [("Status", f'<span class="invalid">{escape(state)}, will not be sent: {escape(reason)}</span>')]
     if addresses:
         rows.append(("Recipients", _lines(addresses)))
     if subject:
@@ -141,8 +144,8 @@ def _write_invalid(recipient: Recipient, subject: str, outcomes: list[Outcome], 
         + _table(rows)
         + f"<h2>Row {recipient.row} of the list</h2><table class='values'>{values}</table>"
     )
-    (folder / f"{stem}.html").write_text(_page(f"Row {recipient.row}: invalid", body), encoding="utf-8", newline="\n")
-    return _IndexLine(recipient.row, addresses, subject, reason, f"{stem}.html")
+    (folder / f"{stem}.html").write_text(_page(f"Row {recipient.row}: {state}", body), encoding="utf-8", newline="\n")
+    return _IndexLine(recipient.row, addresses, subject, reason, f"{stem}.html", state)
 
 
 def _header(message: EmailMessage, name: str) -> str:
@@ -220,7 +223,7 @@ def _index_head(plan: Plan) -> str:
 def _index_row(line: _IndexLine) -> str:
     href = escape(quote(line.page), quote=True)
     status = (
-        f'<span class="invalid">invalid: {escape(line.reason)}</span>' if line.reason else '<span class="ok">ok</span>'
+        f'<span class="invalid">{escape(line.state)}: {escape(line.reason)}</span>' if line.reason else '<span class="ok">ok</span>'
     )
     return (
         f'<tr><td><a href="{href}">{line.row}</a></td><td>{_lines(line.recipients)}</td>'
@@ -228,8 +231,12 @@ def _index_row(line: _IndexLine) -> str:
     )
 
 
-def _index_foot(ok: int, invalid: int) -> str:
-    return f"</tbody>\n</table>\n<p>{ok} to send, {invalid} invalid, of {ok + invalid} rows.</p>\n</body>\n</html>\n"
+def _index_foot(ok: int, skipped: dict[str, int]) -> str:
+    """``2 to send, 1 invalid, of 3 rows`` (and the duplicates, when there are any)."""
+    counts = "".join(f", {count} {state}{'' if count == 1 else 's'}" for state, count in sorted(skipped.items()) if state != "invalid")
+    total = ok + sum(skipped.values())
+    return (f"</tbody>\n</table>\n<p>{ok} to send, {skipped.get('invalid', 0)} invalid{counts}, of {total} rows.</p>\n"
+            "</body>\n</html>\n")
 
 
 # --- HTML pieces -----------------------------------------------------------------
