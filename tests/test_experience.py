@@ -104,6 +104,7 @@ def test_without_a_terminal_one_line_per_message_and_a_summary_table(tmp_path: P
     assert "row 2: sent minsu@example.com" in run.stderr and "row 5: sent bob@example.com" in run.stderr
     for label in ("sent", "refused", "invalid", "deferred", "unknown", "time", "messages/s", "report"):
         assert label in run.stdout
+    assert "duplicate" not in run.stdout and "bounced" not in run.stdout  # states this list never had
     assert "row 2: sent" not in quiet.stderr
     assert quiet.stdout.strip().splitlines()[-2] == "sent 3, refused 0, invalid 1"
 

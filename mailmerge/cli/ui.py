@@ -161,7 +161,8 @@ def summary_table(summary: Summary, seconds: float, messages: int, report: Path,
     table.add_column(style="bold")
     table.add_column(justify="right")
     for state in REPORTED:
-        if state is not Status.BOUNCED or summary.counts[state]:  # bounces come later, from the inbox
+        # Bounces come later (from the inbox) and duplicates only from merged lists: shown when there are any.
+        if state not in (Status.BOUNCED, Status.DUPLICATE) or summary.counts[state]:
             table.add_row(word(state, outbox), f"{summary.counts[state]:,}")
     table.add_row("time", f"{seconds:.1f} s")
     table.add_row("messages/s", f"{messages / seconds:.1f}" if seconds > 0 else "-")
