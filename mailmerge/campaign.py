@@ -450,7 +450,7 @@ def _duplicate_notes(plan: Plan) -> list[str]:
         return []
     row, outcomes = next(iter(plan.duplicates.items()))
     count = len(plan.duplicates)
-    rows = "1 row repeats" if count == 1 else f"{count} rows repeat"
+    rows = "1 row repeats" if count == 1 else f"{count:,} rows repeat"
     return [f"note: {rows} the To address of an earlier row and will not be sent "
             f"(the report says duplicate); first: row {row}: {outcomes[0].reason}"]
 

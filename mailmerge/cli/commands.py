@@ -205,7 +205,7 @@ def _rows(count: int) -> str:
 def _duplicates(plan: Plan) -> str:
     """``, 2 duplicates`` when there are any (--allow-duplicates sends them)."""
     count = len(plan.duplicates)
-    return f", {count} {'duplicate' if count == 1 else 'duplicates'} (not sent)" if count else ""
+    return f", {count:,} {'duplicate' if count == 1 else 'duplicates'} (not sent)" if count else ""
 
 
 def _preview_html(ui: Ui, plan: Plan, folder: Path, open_page: bool) -> None:
