@@ -184,7 +184,7 @@ def test_outbox_writes_one_eml_per_row(tmp_path: Path, sample: tuple[Path, Path]
     ]
     parsed = BytesParser(policy=policy.default).parsebytes(files[0].read_bytes())
     assert parsed["Subject"] == "김민수님, invoice 007 📚"
-    assert "sent 3" in run.stdout
+    assert "written 3" in run.stdout  # files written, not messages sent
 
 
 def test_outbox_resumes_and_names_a_folder_it_cannot_write(tmp_path: Path, sample: tuple[Path, Path]) -> None:
