@@ -108,6 +108,14 @@ def copies(imap: DovecotServer) -> dict[str, bytes]:
     return by_message_id([data for _, _, data in imap.messages("Sent")])
 
 
+def assert_copies_are(saved: dict[str, bytes], sent: dict[str, bytes]) -> None:
+    """Each message that went out has its copy in Sent, byte for byte."""
+    assert saved.keys() == sent.keys()
+    for message_id, raw in sent.items():
+        check_shape(raw)
+        assert saved[message_id] == raw, message_id
+
+
 def check_shape(raw: bytes) -> None:
     """The copy holds what the test means to compare: three MIME levels, an
     image referenced by its Content-ID, a PDF, text parts that are not 8bit."""
@@ -134,11 +142,8 @@ def test_the_sent_copy_is_the_bytes_the_server_received(tmp_path: Path, imap: Do
     assert "saved 3 copies in the folder 'Sent'" in output
     assert all("BODY=8BITMIME" in m.mail_options for m in smtp.messages)
     assert any(b"\r\n.a line that starts with a dot\r\n" in m.data for m in smtp.messages)  # dot-stuffed on the wire
-    saved = copies(imap)
-    assert len(received) == 3 and saved.keys() == received.keys()
-    for message_id, raw in received.items():
-        check_shape(raw)
-        assert saved[message_id] == raw, message_id
+    assert len(received) == 3
+    assert_copies_are(copies(imap), received)
 
 
 @needs_dovecot
@@ -156,11 +161,7 @@ def test_a_later_run_that_catches_up_saves_the_same_bytes(tmp_path: Path, imap: 
     assert later[0] == 0, later[1]
     assert "saved 3 copies in the folder 'Sent'" in later[1]
     assert len(smtp.messages) == 3  # nothing sent twice
-    saved = copies(imap)
-    assert saved.keys() == received.keys()
-    for message_id, raw in received.items():
-        check_shape(raw)
-        assert saved[message_id] == raw, message_id
+    assert_copies_are(copies(imap), received)
 
 
 class _No8BitMime(SmtpTestServer):
@@ -208,11 +209,7 @@ def test_the_copy_is_what_postfix_delivered(tmp_path: Path, imap: DovecotServer,
 
     assert code == 0, output
     assert len(delivered) == 3
-    saved = copies(imap)
-    assert saved.keys() == delivered.keys()
-    for message_id, raw in delivered.items():
-        check_shape(raw)
-        assert saved[message_id] == raw, message_id
+    assert_copies_are(copies(imap), delivered)
 
 
 @needs_dovecot
