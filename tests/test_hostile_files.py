@@ -291,14 +291,15 @@ def test_an_xlsx_whose_headers_lie_about_the_size_inflates_no_more_than_they_say
         assert len(book.read("xl/worksheets/sheet1.xml")) == declared
 
 
+def preview_a_sheet_with(tmp_path: Path, rows: bytes) -> subprocess.CompletedProcess[str]:
+    """``preview`` of a workbook whose sheet holds ``rows`` (raw XML), in a bounded process."""
+    path = write_parts(tmp_path / "far.xlsx", sheet_with(workbook_parts(tmp_path), rows))
+    return run_bounded("preview", path, "-t", write_template(tmp_path / "t.txt", TEMPLATE), cwd=tmp_path)
+
+
 def test_a_cell_at_the_last_cell_of_excel_is_refused_not_a_crash(tmp_path: Path) -> None:
     """One cell at XFD1048576 makes calamine allocate 17 billion cells: it aborts the process."""
-    parts = sheet_with(workbook_parts(tmp_path),
-                       b'<row r="1048576"><c r="XFD1048576" t="inlineStr"><is><t>x</t></is></c></row>')
-    path = write_parts(tmp_path / "far.xlsx", parts)
-    template = write_template(tmp_path / "t.txt", TEMPLATE)
-
-    result = run_bounded("preview", path, "-t", template, cwd=tmp_path)
+    result = preview_a_sheet_with(tmp_path, b'<row r="1048576"><c r="XFD1048576" t="inlineStr"><is><t>x</t></is></c></row>')
 
     assert_one_line_error(result, "a cell of the sheet is at XFD1048576")
 
@@ -307,24 +308,14 @@ def test_a_cell_at_the_last_cell_of_excel_is_refused_not_a_crash(tmp_path: Path)
 def test_a_row_far_down_is_refused_when_the_rectangle_is_too_big(tmp_path: Path, far: str) -> None:
     """20 columns down to row 1,000,000 is 20 million cells; row 1,048,577 is past Excel's last."""
     row = far.lstrip("AT")
-    parts = sheet_with(workbook_parts(tmp_path),
-                       f'<row r="{row}"><c r="{far}" t="inlineStr"><is><t>x</t></is></c></row>'.encode())
-    path = write_parts(tmp_path / "far.xlsx", parts)
-    template = write_template(tmp_path / "t.txt", TEMPLATE)
-
-    result = run_bounded("preview", path, "-t", template, cwd=tmp_path)
+    result = preview_a_sheet_with(tmp_path, f'<row r="{row}"><c r="{far}" t="inlineStr"><is><t>x</t></is></c></row>'.encode())
 
     assert_one_line_error(result, "more than the 10,000,000 cells mailmerge reads from Excel")
 
 
 def test_cells_that_do_not_say_where_they_are_are_placed_as_calamine_places_them(tmp_path: Path) -> None:
     """16,384 cells without r in row 1048576: as far as XFD1048576."""
-    parts = sheet_with(workbook_parts(tmp_path),
-                       b'<row r="1048576">' + b'<c t="inlineStr"><is><t>x</t></is></c>' * 16384 + b"</row>")
-    path = write_parts(tmp_path / "implicit.xlsx", parts)
-    template = write_template(tmp_path / "t.txt", TEMPLATE)
-
-    result = run_bounded("preview", path, "-t", template, cwd=tmp_path)
+    result = preview_a_sheet_with(tmp_path, b'<row r="1048576">' + b'<c t="inlineStr"><is><t>x</t></is></c>' * 16384 + b"</row>")
 
     assert_one_line_error(result, "a cell of the sheet is at XFD1048576")
 

@@ -527,7 +527,7 @@ def _finish(ui: Ui, campaign: Campaign, result: SendResult, report_path: Path, s
     elif result.error is not None:
         code = exit_code_of(result.error)
     else:
-        code = EXIT_OK if summary.all_sent else EXIT_REFUSED
+        code = EXIT_OK if summary.all_done else EXIT_REFUSED
     if ui.json:
         ui.emit({
             "campaign": campaign.name, "counts": counts_json(summary), "messages": result.messages,

@@ -70,7 +70,7 @@ class Summary:
         return cls(counts)
 
     @property
-    def all_sent(self) -> bool:
+    def all_done(self) -> bool:
         """Every row is in a state that counts as done (exit code 0)."""
         return all(status.done for status, count in self.counts.items() if count)
 
